@@ -1,0 +1,94 @@
+"""The one error format (RFC 9457 problem details) and the conversion of validation failures into it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from schemas.common import UNION_TAGS
+
+PROBLEM_TYPE_PREFIX = "urn:gradient-service:problem:"
+
+
+class ErrorItem(BaseModel):
+    """One thing wrong with a request: where, why, and a stable machine-readable code."""
+
+    location: str = Field(description="Where in the request, e.g. `layers[1].W`, `X[0][3]`, `body`, `header.Content-Type`.")
+    message: str = Field(description="What is wrong and what to send instead.")
+    type: str = Field(description="Stable code, e.g. `shape_mismatch`, `float_type`, `extra_forbidden`.")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, used for every error response (4xx and 5xx alike)."""
+
+    type: str = Field(description="URI reference naming the problem kind.")
+    title: str = Field(description="Short summary of the problem kind.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="What went wrong in this request.")
+    instance: str | None = Field(default=None, description="The request path.")
+    errors: list[ErrorItem] = Field(default_factory=list, description="Each located problem.")
+
+
+class InvalidRequest(Exception):
+    """A request that parsed but cannot be served; carries located error items and the status (422 or 400)."""
+
+    def __init__(self, errors: list[ErrorItem], status: int = 422, title: str = "Invalid request",
+                 slug: str = "validation-error"):
+        super().__init__("; ".join(f"{e.location}: {e.message}" for e in errors))
+        self.errors, self.status, self.title, self.slug = errors, status, title, slug
+
+
+def format_location(loc: tuple[Any, ...]) -> str:
+    """('layers', 1, 'W', 0, 3) -> 'layers[1].W[0][3]'; () -> 'body'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in UNION_TAGS:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return repr(value)[:40]
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind, value = err["type"], err.get("input")
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number, got {_json_kind(value)}"
+    if kind == "finite_number":
+        return "expected a finite number: NaN, Infinity and numbers beyond float64's range are not allowed"
+    if kind == "extra_forbidden":
+        return f"unknown field {err['loc'][-1]!r}; remove it (unknown fields are rejected)"
+    if kind == "missing":
+        return f"required field {err['loc'][-1]!r} is missing"
+    if kind in ("list_type", "model_type", "dict_type", "model_attributes_type", "string_type", "bool_type",
+                "int_type"):
+        return f"{err['msg'].rstrip('.')}, got {_json_kind(value)}"
+    if kind == "literal_error":
+        return f"got {_json_kind(value)}: {err['msg']}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"got {_json_kind(value)}: {err['msg']}"
+    return err["msg"]
+
+
+def from_validation_error(exc: ValidationError) -> InvalidRequest:
+    """pydantic's errors -> InvalidRequest: 400 for malformed JSON, 422 for everything else."""
+    errors = exc.errors(include_url=False)
+    if any(e["type"] == "json_invalid" for e in errors):
+        items = [ErrorItem(location="body", message=e["msg"], type="json_invalid") for e in errors]
+        return InvalidRequest(items, status=400, title="Malformed JSON", slug="malformed-json")
+    items = [ErrorItem(location=format_location(e["loc"]), message=_message(e), type=e["type"]) for e in errors]
+    return InvalidRequest(items)

@@ -1,0 +1,168 @@
+"""Activation functions: one registered unit each, value and derivative side by side.
+
+Shapes: every function takes ``Z: (n_l, m)`` (features first; one column per example) and returns an array of
+the same shape. ``forward`` gives ``A = g(Z)``; ``backward`` gives the vector-Jacobian product
+``dZ = dA * g'(Z)`` (for softmax, whose Jacobian is not diagonal, ``dZ = A * (dA - sum_k dA_k A_k)``).
+
+Derivatives are evaluated from ``Z``, not from ``A``: ``A`` may already carry a dropout mask, and forms such as
+``sigmoid'(z) = e / (1 + e)^2`` with ``e = exp(-|z|)`` keep full relative precision where ``a * (1 - a)`` rounds
+to zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+Array = np.ndarray
+
+DEFAULT_NEGATIVE_SLOPE = 0.01
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A registered activation.
+
+    ``forward(Z, slope) -> A`` and ``derivative(Z, A, slope) -> g'(Z)`` (elementwise; ``None`` for softmax).
+    ``slope`` is the leaky ReLU negative slope; every other unit ignores it.
+    """
+
+    name: str
+    forward: Callable[[Array, float], Array]
+    derivative: Callable[[Array, Array, float], Array] | None
+    formula: str
+    derivative_formula: str
+    output_only: bool = False
+
+    def backward(self, dA: Array, Z: Array, A: Array, slope: float = DEFAULT_NEGATIVE_SLOPE) -> Array:
+        """dZ = dA * g'(Z), all (n_l, m). ``A`` is g(Z) without any dropout mask."""
+        if self.derivative is None:
+            return _softmax_backward(dA, A)
+        return dA * self.derivative(Z, A, slope)
+
+
+ACTIVATIONS: dict[str, Activation] = {}
+
+
+def register(unit: Activation) -> Activation:
+    ACTIVATIONS[unit.name] = unit
+    return unit
+
+
+def get(name: str) -> Activation:
+    """The registered activation called ``name``; KeyError names the allowed ones."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise KeyError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}") from None
+
+
+# --- linear -----------------------------------------------------------------------------------------------
+
+register(Activation(
+    name="linear",
+    forward=lambda Z, slope: Z,
+    derivative=lambda Z, A, slope: np.ones_like(Z),
+    formula="g(z) = z",
+    derivative_formula="g'(z) = 1",
+))
+
+
+# --- sigmoid ----------------------------------------------------------------------------------------------
+
+def _sigmoid(Z: Array, slope: float = 0.0) -> Array:
+    # Split by sign so that exp never overflows: e = exp(-|z|) lies in (0, 1].
+    e = np.exp(-np.abs(Z))
+    return np.where(Z >= 0, 1.0, e) / (1.0 + e)
+
+
+def _sigmoid_derivative(Z: Array, A: Array, slope: float = 0.0) -> Array:
+    # sigma(z) * sigma(-z) = e / (1 + e)^2: exact where a * (1 - a) would round to 0 for |z| > ~37.
+    e = np.exp(-np.abs(Z))
+    return e / ((1.0 + e) * (1.0 + e))
+
+
+register(Activation(
+    name="sigmoid",
+    forward=_sigmoid,
+    derivative=_sigmoid_derivative,
+    formula="g(z) = 1 / (1 + exp(-z))",
+    derivative_formula="g'(z) = g(z) (1 - g(z)), evaluated as e / (1 + e)^2 with e = exp(-|z|)",
+))
+
+
+# --- tanh -------------------------------------------------------------------------------------------------
+
+def _tanh_derivative(Z: Array, A: Array, slope: float = 0.0) -> Array:
+    # 1 - tanh(z)^2 = 4e / (1 + e)^2 with e = exp(-2|z|); 1 - a*a loses all digits once |a| rounds to 1.
+    e = np.exp(-2.0 * np.abs(Z))
+    return 4.0 * e / ((1.0 + e) * (1.0 + e))
+
+
+register(Activation(
+    name="tanh",
+    forward=lambda Z, slope: np.tanh(Z),
+    derivative=_tanh_derivative,
+    formula="g(z) = tanh(z)",
+    derivative_formula="g'(z) = 1 - tanh(z)^2, evaluated as 4e / (1 + e)^2 with e = exp(-2|z|)",
+))
+
+
+# --- relu -------------------------------------------------------------------------------------------------
+
+register(Activation(
+    name="relu",
+    forward=lambda Z, slope: np.maximum(Z, 0.0),
+    # NOTE: the derivative at z == 0 is taken as 0 (the subgradient PyTorch and the course use).
+    derivative=lambda Z, A, slope: (Z > 0).astype(Z.dtype),
+    formula="g(z) = max(z, 0)",
+    derivative_formula="g'(z) = 1 if z > 0, else 0 (0 at z = 0)",
+))
+
+
+# --- leaky_relu -------------------------------------------------------------------------------------------
+
+register(Activation(
+    name="leaky_relu",
+    forward=lambda Z, slope: np.where(Z > 0, Z, slope * Z),
+    # NOTE: at z == 0 the derivative is the slope (the left branch), as in PyTorch.
+    derivative=lambda Z, A, slope: np.where(Z > 0, 1.0, slope),
+    formula="g(z) = z if z > 0, else s z (s = negative_slope, default 0.01)",
+    derivative_formula="g'(z) = 1 if z > 0, else s (s at z = 0)",
+))
+
+
+# --- softmax ----------------------------------------------------------------------------------------------
+
+def _softmax(Z: Array, slope: float = 0.0) -> Array:
+    # Shift each column by its max so exp never overflows; the largest term is exp(0) = 1.
+    E = np.exp(Z - Z.max(axis=0, keepdims=True))
+    return E / E.sum(axis=0, keepdims=True)
+
+
+def _softmax_backward(dA: Array, A: Array) -> Array:
+    """dZ_k = a_k (dA_k - sum_j dA_j a_j), per column; dA, A: (n_L, m)."""
+    return A * (dA - np.sum(dA * A, axis=0, keepdims=True))
+
+
+register(Activation(
+    name="softmax",
+    forward=_softmax,
+    derivative=None,
+    formula="g(z)_k = exp(z_k) / sum_j exp(z_j) (per example, over the output units)",
+    derivative_formula="dZ_k = a_k (dA_k - sum_j dA_j a_j) (vector-Jacobian product of the full Jacobian)",
+    output_only=True,
+))
+
+
+def sigmoid(Z: Array) -> Array:
+    """Stable logistic function, Z: any shape."""
+    return _sigmoid(Z)
+
+
+def log_softmax(Z: Array) -> Array:
+    """log softmax over axis 0 through the max shift; Z: (n, m) -> (n, m)."""
+    shifted = Z - Z.max(axis=0, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=0, keepdims=True))

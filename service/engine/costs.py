@@ -1,0 +1,154 @@
+"""Costs: one registered unit each, the loss and its derivative side by side.
+
+Every function works on the output layer, features first: ``Z, A, Y: (n_L, m)``. ``loss`` returns the
+per-example losses ``(m,)``; the cost is ``J = (1/m) sum_i loss_i`` (plus the L2 term, added by the network).
+``dA`` returns the per-example derivative ``d loss_i / d A`` (no 1/m), evaluated from the logits ``Z`` so that it
+is finite wherever the true value is representable; where it is not (``A`` at exactly 0 or 1 with a label that
+needs the other side) the entry is ``inf`` and the caller decides what to do with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from service.engine.activations import log_softmax
+
+Array = np.ndarray
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A registered cost.
+
+    ``output_activations``: the output activations it pairs with (``None``: any).
+    ``fused_activation``: the output activation for which ``dZ_L = A_L - Y`` exactly (the canonical pair).
+    ``label_error(Y)``: why ``Y: (n_L, m)`` lies outside the cost's domain, or ``None``.
+    """
+
+    name: str
+    output_activations: frozenset[str] | None
+    fused_activation: str
+    loss: Callable[[Array, Array, Array], Array]
+    dA: Callable[[Array, Array, Array], Array]
+    label_error: Callable[[Array], str | None]
+    formula: str
+    dA_formula: str
+    label_domain: str
+
+
+COSTS: dict[str, Cost] = {}
+
+
+def register(unit: Cost) -> Cost:
+    COSTS[unit.name] = unit
+    return unit
+
+
+def get(name: str) -> Cost:
+    try:
+        return COSTS[name]
+    except KeyError:
+        raise KeyError(f"unknown cost {name!r}; expected one of {', '.join(COSTS)}") from None
+
+
+def _scaled(weight: Array, factor: Array) -> Array:
+    """weight * factor, with 0 wherever weight == 0 (so that 0 * inf is 0, not NaN)."""
+    out = np.zeros(np.broadcast_shapes(weight.shape, factor.shape))
+    np.multiply(weight, factor, out=out, where=weight != 0)
+    return out
+
+
+# --- binary cross-entropy ---------------------------------------------------------------------------------
+
+def _bce_loss(Z: Array, A: Array, Y: Array) -> Array:
+    # -[y log a + (1-y) log(1-a)] with a = sigmoid(z), rewritten from the logits: exact at |z| = 1000 and y in {0, 1}.
+    return np.sum(np.maximum(Z, 0.0) - Z * Y + np.log1p(np.exp(-np.abs(Z))), axis=0)
+
+
+def _bce_dA(Z: Array, A: Array, Y: Array) -> Array:
+    # -(y/a - (1-y)/(1-a)) with 1/a = 1 + exp(-z) and 1/(1-a) = 1 + exp(z): no division by a rounded 0 or 1.
+    with np.errstate(over="ignore"):
+        return _scaled(1.0 - Y, 1.0 + np.exp(Z)) - _scaled(Y, 1.0 + np.exp(-Z))
+
+
+def _bce_labels(Y: Array) -> str | None:
+    if np.any((Y < 0) | (Y > 1)):
+        return "binary_cross_entropy needs labels in [0, 1]"
+    return None
+
+
+register(Cost(
+    name="binary_cross_entropy",
+    output_activations=frozenset({"sigmoid"}),
+    fused_activation="sigmoid",
+    loss=_bce_loss,
+    dA=_bce_dA,
+    label_error=_bce_labels,
+    formula="J = -(1/m) sum_i sum_k [y log a + (1 - y) log(1 - a)], computed from the logits as "
+            "(1/m) sum [max(z, 0) - z y + log(1 + exp(-|z|))]",
+    dA_formula="dA = -(y/a - (1 - y)/(1 - a)); with a sigmoid output dZ = a - y",
+    label_domain="every label in [0, 1]",
+))
+
+
+# --- categorical cross-entropy ----------------------------------------------------------------------------
+
+def _cce_loss(Z: Array, A: Array, Y: Array) -> Array:
+    # -sum_k y_k log a_k through a max-shifted log-softmax; y == 0 entries contribute exactly 0.
+    return -np.sum(_scaled(Y, log_softmax(Z)), axis=0)
+
+
+def _cce_dA(Z: Array, A: Array, Y: Array) -> Array:
+    # -y/a with 1/a = exp(-log_softmax(z)): finite until a is below ~1e-308.
+    with np.errstate(over="ignore"):
+        return -_scaled(Y, np.exp(-log_softmax(Z)))
+
+
+def _cce_labels(Y: Array) -> str | None:
+    if not np.all((Y == 0) | (Y == 1)) or not np.all(Y.sum(axis=0) == 1):
+        return "categorical_cross_entropy needs one-hot label columns (one 1 per example, 0 elsewhere)"
+    return None
+
+
+register(Cost(
+    name="categorical_cross_entropy",
+    output_activations=frozenset({"softmax"}),
+    fused_activation="softmax",
+    loss=_cce_loss,
+    dA=_cce_dA,
+    label_error=_cce_labels,
+    formula="J = -(1/m) sum_i sum_k y_k log a_k, computed through log_softmax(z) = z - max(z) - "
+            "log sum_j exp(z_j - max(z))",
+    dA_formula="dA = -y/a; with a softmax output dZ = a - y",
+    label_domain="one-hot columns (or a list of m class indices)",
+))
+
+
+# --- mean squared error -----------------------------------------------------------------------------------
+
+def _mse_loss(Z: Array, A: Array, Y: Array) -> Array:
+    D = A - Y
+    return 0.5 * np.sum(D * D, axis=0)
+
+
+register(Cost(
+    name="mean_squared_error",
+    output_activations=None,
+    fused_activation="linear",
+    loss=_mse_loss,
+    dA=lambda Z, A, Y: A - Y,
+    label_error=lambda Y: None,
+    formula="J = (1/(2m)) sum_i sum_k (a - y)^2",
+    dA_formula="dA = a - y; dZ = (a - y) g'(z) (with a linear output dZ = a - y)",
+    label_domain="any finite numbers",
+))
+
+
+def one_hot(indices: Array, n_classes: int) -> Array:
+    """Class indices (m,) of ints in [0, n_classes) -> one-hot columns (n_classes, m)."""
+    Y = np.zeros((n_classes, indices.shape[0]))
+    Y[indices, np.arange(indices.shape[0])] = 1.0
+    return Y

@@ -1,0 +1,71 @@
+"""The one place that turns errors into responses: RFC 9457 problem details as application/problem+json."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from flask import Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException
+
+from schemas.errors import PROBLEM_TYPE_PREFIX, ErrorItem, InvalidRequest
+from service.engine import NumericalOverflow
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED_ERRORS = 100
+
+
+def problem_response(status: int, title: str, detail: str, errors: list[ErrorItem] = (),
+                     slug: str | None = None, headers: dict | None = None) -> Response:
+    body = {
+        "type": PROBLEM_TYPE_PREFIX + slug if slug else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.path,
+        "errors": [e.model_dump() for e in errors[:MAX_LISTED_ERRORS]],
+    }
+    return Response(orjson.dumps(body), status=status, headers=headers,
+                    mimetype="application/problem+json")
+
+
+def _invalid_request(exc: InvalidRequest) -> Response:
+    n = len(exc.errors)
+    shown = "" if n <= MAX_LISTED_ERRORS else f" (the first {MAX_LISTED_ERRORS} are listed)"
+    first = f"{exc.errors[0].location}: {exc.errors[0].message}" if n else exc.title
+    detail = first if n == 1 else f"{n} problems in the request{shown}; first: {first}"
+    return problem_response(exc.status, exc.title, detail, exc.errors, slug=exc.slug)
+
+
+def _overflow(exc: NumericalOverflow) -> Response:
+    location = "cost" if exc.stage == "cost" else f"layers[{exc.layer - 1}]"
+    item = ErrorItem(location=location, type="numerical_overflow",
+                     message=f"the {exc.stage} overflows float64 at {exc.quantity}; scale down the weights or inputs")
+    return _invalid_request(InvalidRequest([item], title="Numerical overflow", slug="numerical-overflow"))
+
+
+def _http_error(exc: HTTPException) -> Response:
+    code = exc.code or 500
+    headers = {}
+    if code == 405 and exc.valid_methods:
+        headers["Allow"] = ", ".join(exc.valid_methods)
+    location = {404: "path", 405: "method", 413: "body", 415: "header.Content-Type"}.get(code, "request")
+    detail = exc.description or exc.name
+    if code == 413:
+        detail = f"the body is larger than this service's limit of {current_app.config['MAX_CONTENT_LENGTH']} bytes"
+    return problem_response(code, exc.name, detail, [ErrorItem(location=location, message=detail, type=f"http_{code}")],
+                            headers=headers)
+
+
+def _unexpected(exc: Exception) -> Response:
+    # The traceback goes to the log, never to the client.
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return problem_response(500, "Internal Server Error", "the service failed to handle this request; it has been logged")
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(InvalidRequest, _invalid_request)
+    app.register_error_handler(NumericalOverflow, _overflow)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
