@@ -28,6 +28,7 @@ class Problem(BaseModel):
     detail: str = Field(description="What went wrong in this request.")
     instance: str | None = Field(default=None, description="The request path.")
     errors: list[ErrorItem] = Field(default_factory=list, description="Each located problem.")
+    request_id: str | None = Field(default=None, description="The X-Request-ID of the request, for the logs.")
 
 
 class InvalidRequest(Exception):

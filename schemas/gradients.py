@@ -15,6 +15,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool
 
 from schemas.common import FiniteFloat, Matrix, MatrixOrVector
 from schemas.errors import ErrorItem, InvalidRequest
+from schemas.limits import Limits
 from service.engine import ACTIVATIONS, COSTS, INTERMEDIATES, Dropout, Layer, Result, one_hot
 
 ActivationName = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
@@ -22,17 +23,6 @@ CostName = Literal[tuple(COSTS)]  # type: ignore[valid-type]
 Intermediates = Literal[INTERMEDIATES]  # type: ignore[valid-type]
 LAYOUTS = ("features_first", "examples_first")
 Layout = Literal[LAYOUTS]  # type: ignore[valid-type]
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-request work limits, checked before any computation."""
-
-    max_layers: int = 64
-    max_units: int = 4096
-    max_examples: int = 100_000
-    max_elements: int = 4_000_000
-    max_work: int = 4_000_000_000  # sum over layers of n_l * n_{l-1} * m (multiply-adds of one forward pass)
 
 
 # One dense layer of the network.

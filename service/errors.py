@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import orjson
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from schemas.errors import PROBLEM_TYPE_PREFIX, ErrorItem, InvalidRequest
@@ -25,7 +25,9 @@ def problem_response(status: int, title: str, detail: str, errors: list[ErrorIte
         "detail": detail,
         "instance": request.path,
         "errors": [e.model_dump() for e in errors[:MAX_LISTED_ERRORS]],
+        "request_id": g.get("request_id"),
     }
+    g.reject_reason = slug or f"http_{status}"
     return Response(orjson.dumps(body), status=status, headers=headers,
                     mimetype="application/problem+json")
 
@@ -48,9 +50,11 @@ def _overflow(exc: NumericalOverflow) -> Response:
 def _http_error(exc: HTTPException) -> Response:
     code = exc.code or 500
     headers = {}
+    if code == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="gradient-service"'
     if code == 405 and exc.valid_methods:
         headers["Allow"] = ", ".join(exc.valid_methods)
-    location = {404: "path", 405: "method", 413: "body", 415: "header.Content-Type"}.get(code, "request")
+    location = {401: "header.Authorization", 404: "path", 405: "method", 413: "body", 415: "header.Content-Type"}.get(code, "request")
     detail = exc.description or exc.name
     if code == 413:
         detail = f"the body is larger than this service's limit of {current_app.config['MAX_CONTENT_LENGTH']} bytes"

@@ -1,0 +1,16 @@
+"""Per-request work limits (plain data, no numpy: the gunicorn master imports it through the settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request size and work limits, checked from shapes before any computation."""
+
+    max_layers: int = 64
+    max_units: int = 4096
+    max_examples: int = 100_000
+    max_elements: int = 4_000_000
+    max_work: int = 4_000_000_000  # sum over layers of n_l * n_{l-1} * m (multiply-adds of one forward pass)
