@@ -9,7 +9,7 @@ import shutil
 import tempfile
 
 from service.config import Settings
-from service.logs import logconfig
+from service import logs as _logs
 
 settings = Settings.load()
 
@@ -25,9 +25,12 @@ loglevel = settings.log_level
 accesslog = "-"
 errorlog = "-"
 logger_class = "service.logs.GunicornLogger"
-logconfig_dict = logconfig(settings.log_level)
+logconfig_dict = _logs.logconfig(settings.log_level)
 # Heartbeat files on a memory filesystem: works with a read-only root filesystem.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# gunicorn >= 25.1 opens a control socket under $HOME; the service does not use gunicornc, and a read-only root
+# filesystem has no writable $HOME.
+control_socket_disable = True
 
 # N workers x M BLAS threads must not oversubscribe the cores; set before any worker loads numpy.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):

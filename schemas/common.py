@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Union
 
 import numpy as np
+from annotated_types import Len
 from pydantic import AfterValidator, AllowInfNan, Discriminator, Strict, Tag
 from pydantic_core import PydanticCustomError
 
@@ -13,11 +14,7 @@ FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]
 
 
 def _to_matrix(rows: list[list[float]]) -> np.ndarray:
-    if not rows:
-        raise PydanticCustomError("empty_matrix", "must be a non-empty list of rows")
     width = len(rows[0])
-    if width == 0:
-        raise PydanticCustomError("empty_matrix", "row 0 is empty; every row needs at least one number")
     for i, row in enumerate(rows):
         if len(row) != width:
             raise PydanticCustomError(
@@ -27,15 +24,13 @@ def _to_matrix(rows: list[list[float]]) -> np.ndarray:
 
 
 def _to_vector(values: list[float]) -> np.ndarray:
-    if not values:
-        raise PydanticCustomError("empty_vector", "must be a non-empty list of numbers")
     return np.asarray(values, dtype=np.float64)
 
 
 # A (rows, cols) matrix as a list of equal-length rows of finite numbers; validated into a float64 ndarray.
-Matrix = Annotated[list[list[FiniteFloat]], AfterValidator(_to_matrix)]
+Matrix = Annotated[list[Annotated[list[FiniteFloat], Len(min_length=1)]], Len(min_length=1), AfterValidator(_to_matrix)]
 # A flat list of finite numbers; validated into a 1-D float64 ndarray.
-Vector = Annotated[list[FiniteFloat], AfterValidator(_to_vector)]
+Vector = Annotated[list[FiniteFloat], Len(min_length=1), AfterValidator(_to_vector)]
 
 # Tags of the matrix-or-vector union; pydantic puts them into error locations, and locations drop them.
 UNION_TAGS = frozenset({"matrix", "vector"})

@@ -78,6 +78,8 @@ def _message(err: dict[str, Any]) -> str:
     if kind in ("list_type", "model_type", "dict_type", "model_attributes_type", "string_type", "bool_type",
                 "int_type"):
         return f"{err['msg'].rstrip('.')}, got {_json_kind(value)}"
+    if kind == "too_short":
+        return "must not be empty"
     if kind == "literal_error":
         return f"got {_json_kind(value)}: {err['msg']}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
