@@ -40,13 +40,24 @@ class InvalidRequest(Exception):
         self.errors, self.status, self.title, self.slug = errors, status, title, slug
 
 
-def format_location(loc: tuple[Any, ...]) -> str:
-    """('layers', 1, 'W', 0, 3) -> 'layers[1].W[0][3]'; () -> 'body'."""
+# Field names people send for ours (other libraries' and the course's spellings).
+FIELD_HINTS = {"alpha": "negative_slope", "slope": "negative_slope", "lambda": "l2", "lambd": "l2",
+               "keep_probability": "keep_prob", "activation_function": "activation", "loss": "cost",
+               "weights": "W", "bias": "b", "labels": "Y", "inputs": "X"}
+
+
+def format_location(loc: tuple[Any, ...], field_named_last: bool = False) -> str:
+    """('layers', 1, 'W', 0, 3) -> 'layers[1].W[0][3]'; () -> 'body'.
+
+    pydantic puts the tag of a matrix-or-vector union into the location; it is dropped, except as the last part
+    of an error about a field name (``field_named_last``), where it is the client's own key.
+    """
     out = ""
-    for part in loc:
+    last = len(loc) - 1
+    for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part not in UNION_TAGS:
+        elif part not in UNION_TAGS or (field_named_last and i == last):
             out += f".{part}" if out else str(part)
     return out or "body"
 
@@ -72,7 +83,9 @@ def _message(err: dict[str, Any]) -> str:
     if kind == "finite_number":
         return "expected a finite number: NaN, Infinity and numbers beyond float64's range are not allowed"
     if kind == "extra_forbidden":
-        return f"unknown field {err['loc'][-1]!r}; remove it (unknown fields are rejected)"
+        name = err["loc"][-1]
+        hint = f"; did you mean {FIELD_HINTS[name]!r}?" if name in FIELD_HINTS else " (unknown fields are rejected)"
+        return f"unknown field {name!r}{hint}"
     if kind == "missing":
         return f"required field {err['loc'][-1]!r} is missing"
     if kind in ("list_type", "model_type", "dict_type", "model_attributes_type", "string_type", "bool_type",
@@ -93,5 +106,6 @@ def from_validation_error(exc: ValidationError) -> InvalidRequest:
     if any(e["type"] == "json_invalid" for e in errors):
         items = [ErrorItem(location="body", message=e["msg"], type="json_invalid") for e in errors]
         return InvalidRequest(items, status=400, title="Malformed JSON", slug="malformed-json")
-    items = [ErrorItem(location=format_location(e["loc"]), message=_message(e), type=e["type"]) for e in errors]
+    items = [ErrorItem(location=format_location(e["loc"], e["type"] in ("extra_forbidden", "missing")),
+                       message=_message(e), type=e["type"]) for e in errors]
     return InvalidRequest(items)

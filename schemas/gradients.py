@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal, Optional
 
 import numpy as np
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from schemas.common import FiniteFloat, Matrix, MatrixOrVector
 from schemas.errors import ErrorItem, InvalidRequest
@@ -33,8 +33,7 @@ class LayerSpec(BaseModel):
     b: MatrixOrVector = Field(description="Biases, a column (n_l, 1) or a vector (n_l,); db comes back in the same shape.")
     activation: ActivationName = Field(description="Activation g_l; `softmax` only on the output layer.")
     negative_slope: Optional[FiniteFloat] = Field(
-        default=None, validation_alias=AliasChoices("negative_slope", "alpha"),
-        description="Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`. `alpha` is accepted too.")
+        default=None, description="Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.")
 
 
 # Inverted dropout on the hidden activations with caller-supplied masks.
@@ -126,7 +125,7 @@ def _labels(req: GradientRequest, n_out: int, m: int, errors: list[ErrorItem]) -
                 errors.append(ErrorItem(
                     location=f"Y[{i}]", type="label_domain",
                     message=f"a flat Y for categorical_cross_entropy holds class indices: integers in [0, {n_out}) "
-                            f"for {n_out} output units; got {Y[i]!r}"))
+                            f"for {n_out} output units; got {float(Y[i]):g}"))
                 return None
             return one_hot(Y.astype(np.intp), n_out)
         if n_out != 1:

@@ -2,9 +2,10 @@
 
 Every function works on the output layer, features first: ``Z, A, Y: (n_L, m)``. ``loss`` returns the
 per-example losses ``(m,)``; the cost is ``J = (1/m) sum_i loss_i`` (plus the L2 term, added by the network).
-``dA`` returns the per-example derivative ``d loss_i / d A`` (no 1/m), evaluated from the logits ``Z`` so that it
-is finite wherever the true value is representable; where it is not (``A`` at exactly 0 or 1 with a label that
-needs the other side) the entry is ``inf`` and the caller decides what to do with it.
+``dA(Z, A, Y, scale)`` returns ``scale * d loss_i / d A`` (``scale`` = 1 for the per-example value, 1/m for the
+exact partial of J), evaluated from the logits ``Z`` so that it is finite wherever the true value is representable;
+where it is not (``A`` at exactly 0 or 1 with a label that needs the other side) the entry is ``inf`` and the caller
+decides what to do with it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Cost:
     output_activations: frozenset[str] | None
     fused_activation: str
     loss: Callable[[Array, Array, Array], Array]
-    dA: Callable[[Array, Array, Array], Array]
+    dA: Callable[..., Array]  # (Z, A, Y, scale=1.0) -> scale * d loss / dA
     label_error: Callable[[Array], str | None]
     formula: str
     dA_formula: str
@@ -55,9 +56,22 @@ def get(name: str) -> Cost:
 
 
 def _scaled(weight: Array, factor: Array) -> Array:
-    """weight * factor, with 0 wherever weight == 0 (so that 0 * inf is 0, not NaN)."""
-    out = np.zeros(np.broadcast_shapes(weight.shape, factor.shape))
+    """weight * factor (same shape), with 0 wherever weight == 0 (so that 0 * inf is 0, not NaN)."""
+    out = np.zeros_like(factor)
     np.multiply(weight, factor, out=out, where=weight != 0)
+    return out
+
+
+def _scale_times_exp(scale: float, E_arg: Array, offset: float) -> Array:
+    """scale * (offset + exp(E_arg)), finite wherever the result is: where exp alone overflows (scale < 1 can bring
+    the product back into range) it is evaluated as scale*offset + (exp(x/2) * scale) * exp(x/2)."""
+    out = np.exp(E_arg)
+    out += offset
+    out *= scale
+    big = np.isinf(out)
+    if big.any():
+        half = np.exp(E_arg[big] / 2)
+        out[big] = scale * offset + (half * scale) * half
     return out
 
 
@@ -68,10 +82,10 @@ def _bce_loss(Z: Array, A: Array, Y: Array) -> Array:
     return np.sum(np.maximum(Z, 0.0) - Z * Y + np.log1p(np.exp(-np.abs(Z))), axis=0)
 
 
-def _bce_dA(Z: Array, A: Array, Y: Array) -> Array:
+def _bce_dA(Z: Array, A: Array, Y: Array, scale: float = 1.0) -> Array:
     # -(y/a - (1-y)/(1-a)) with 1/a = 1 + exp(-z) and 1/(1-a) = 1 + exp(z): no division by a rounded 0 or 1.
     with np.errstate(over="ignore"):
-        return _scaled(1.0 - Y, 1.0 + np.exp(Z)) - _scaled(Y, 1.0 + np.exp(-Z))
+        return _scaled(1.0 - Y, _scale_times_exp(scale, Z, 1.0)) - _scaled(Y, _scale_times_exp(scale, -Z, 1.0))
 
 
 def _bce_labels(Y: Array) -> str | None:
@@ -101,10 +115,10 @@ def _cce_loss(Z: Array, A: Array, Y: Array) -> Array:
     return -np.sum(_scaled(Y, log_softmax(Z)), axis=0)
 
 
-def _cce_dA(Z: Array, A: Array, Y: Array) -> Array:
+def _cce_dA(Z: Array, A: Array, Y: Array, scale: float = 1.0) -> Array:
     # -y/a with 1/a = exp(-log_softmax(z)): finite until a is below ~1e-308.
     with np.errstate(over="ignore"):
-        return -_scaled(Y, np.exp(-log_softmax(Z)))
+        return -_scaled(Y, _scale_times_exp(scale, -log_softmax(Z), 0.0))
 
 
 def _cce_labels(Y: Array) -> str | None:
@@ -139,7 +153,7 @@ register(Cost(
     output_activations=None,
     fused_activation="linear",
     loss=_mse_loss,
-    dA=lambda Z, A, Y: A - Y,
+    dA=lambda Z, A, Y, scale=1.0: (A - Y) * scale if scale != 1.0 else A - Y,
     label_error=lambda Y: None,
     formula="J = (1/(2m)) sum_i sum_k (a - y)^2",
     dA_formula="dA = a - y; dZ = (a - y) g'(z) (with a linear output dZ = a - y)",

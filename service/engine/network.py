@@ -18,6 +18,7 @@ i.e. it is the derivative with respect to g_l(Z_l), the activation before dropou
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,8 +86,9 @@ class Result:
 
 
 def _all_finite(a: Array) -> bool:
-    # One reduction first; the elementwise test only runs when the sum itself is not finite.
-    return bool(np.isfinite(a.sum())) or bool(np.isfinite(a).all())
+    # One reduction first; the elementwise test only runs when the sum itself is not finite (it can overflow
+    # while every entry is finite). Callers run under np.errstate(over="ignore").
+    return math.isfinite(np.add.reduce(a, axis=None)) or bool(np.isfinite(a).all())
 
 
 def layer_forward(A_prev: Array, layer: Layer, mask: Array | None = None,
@@ -116,14 +118,14 @@ def forward(X: Array, layers: list[Layer], dropout: Dropout | None = None) -> tu
     """X (n_0, m) -> A_L (n_L, m) and one cache per layer; NumericalOverflow if any Z_l leaves float64."""
     A, caches = X, []
     last = len(layers)
-    for l, layer in enumerate(layers, start=1):
-        mask = dropout.masks[l - 1] if dropout is not None and l < last else None
-        keep_prob = dropout.keep_prob if dropout is not None else 1.0
-        with np.errstate(over="ignore", invalid="ignore"):
+    keep_prob = dropout.keep_prob if dropout is not None else 1.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for l, layer in enumerate(layers, start=1):
+            mask = dropout.masks[l - 1] if dropout is not None and l < last else None
             A, cache = layer_forward(A, layer, mask, keep_prob)
-        if not _all_finite(cache.Z):
-            raise NumericalOverflow(f"Z{l}", l, "forward pass")
-        caches.append(cache)
+            if not _all_finite(cache.Z):
+                raise NumericalOverflow(f"Z{l}", l, "forward pass")
+            caches.append(cache)
     return A, caches
 
 
@@ -135,65 +137,89 @@ def compute(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
     unit = costs.get(cost)
     m = X.shape[1]
     AL, caches = forward(X, layers, dropout)
-    out = caches[-1]
-
     with np.errstate(over="ignore", invalid="ignore"):
-        J = float(np.sum(unit.loss(out.Z, AL, Y)) / m)
-        if l2:
-            J += l2 / (2 * m) * sum(float(np.sum(layer.W * layer.W)) for layer in layers)
-    if not np.isfinite(J):
+        J = cost_value(unit, caches[-1].Z, AL, Y, layers, l2)
+        # per_example: dA, dZ without 1/m and dW, db with it; mean: the other way round.
+        s, c = (1.0, 1.0 / m) if intermediates == "per_example" else (1.0 / m, 1.0)
+        dAL, unrepresentable = _output_gradient(unit, caches[-1].Z, AL, Y, s)
+        dZL = _output_dZ(unit, layers[-1], caches[-1], AL, Y, dAL, s)
+        dW, db, dZ, dA = backward(dZL, caches, layers, scale=c, l2=l2, keep_prob=dropout.keep_prob if dropout else 1.0)
+        dA.append(dAL)
+        _check_finite(dW, db, dZ, dA[:-1])
+    A = [cache.A_prev for cache in caches[1:]] + [AL]
+    return Result(cost=J, AL=AL, Z=[cache.Z for cache in caches], A=A, dW=dW, db=db, dZ=dZ, dA=dA,
+                  unrepresentable=unrepresentable)
+
+
+def cost_value(unit: costs.Cost, ZL: Array, AL: Array, Y: Array, layers: list[Layer], l2: float) -> float:
+    """J = (1/m) sum_i loss_i + lambda/(2m) sum_l ||W_l||_F^2; ZL, AL, Y: (n_L, m)."""
+    m = AL.shape[1]
+    J = float(np.sum(unit.loss(ZL, AL, Y)) / m)
+    if l2:
+        J += l2 / (2 * m) * sum(float(np.sum(layer.W * layer.W)) for layer in layers)
+    if not math.isfinite(J):
         raise NumericalOverflow("cost", len(layers), "cost")
+    return J
 
-    # per_example: dA, dZ without 1/m and dW, db with it; mean: the other way round.
-    s, c = (1.0, 1.0 / m) if intermediates == "per_example" else (1.0 / m, 1.0)
-    with np.errstate(over="ignore", invalid="ignore"):
-        dAL = unit.dA(out.Z, AL, Y)
-        if s != 1.0:
-            dAL *= s
+
+def _output_gradient(unit: costs.Cost, ZL: Array, AL: Array, Y: Array, s: float) -> tuple[Array, Array]:
+    """dA_L = s * d loss / dA_L (n_L, m), NaN where not representable, and the boolean mask of those entries."""
+    # The scale goes into the cost's formula: (1 + e^z)/m can be finite where e^z alone is not.
+    dAL = unit.dA(ZL, AL, Y, s)
     unrepresentable = ~np.isfinite(dAL)
     if unrepresentable.any():
         dAL[unrepresentable] = np.nan
+    return dAL, unrepresentable
 
-    last = layers[-1]
+
+def _output_dZ(unit: costs.Cost, last: Layer, cache: LayerCache, AL: Array, Y: Array, dAL: Array,
+               s: float) -> Array:
+    """dZ_L = s (A_L - Y) for the cost's canonical pair, dA_L * g'(Z_L) (its VJP for softmax) otherwise."""
     if last.activation == unit.fused_activation:
         dZ = AL - Y
         if s != 1.0:
             dZ *= s
-    else:
-        dZ = activations.get(last.activation).backward(dAL, out.Z, out.G, last.negative_slope)
+        return dZ
+    return activations.get(last.activation).backward(dAL, cache.Z, cache.G, last.negative_slope)
 
+
+def backward(dZL: Array, caches: list[LayerCache], layers: list[Layer], *, scale: float, l2: float = 0.0,
+             keep_prob: float = 1.0) -> tuple[list[Array], list[Array], list[Array], list[Array]]:
+    """From dZ_L (n_L, m) down to the input: dW_l, db_l, dZ_l for l = 1..L and dA_l for l = 0..L-1.
+
+    dW_l = scale * dZ_l A_{l-1}^T + (lambda/m) W_l, db_l = scale * sum_i dZ_l, dA_{l-1} = W_l^T dZ_l
+    [* D_{l-1} / p], dZ_{l-1} = dA_{l-1} * g'(Z_{l-1}).
+    """
     L = len(layers)
+    m = dZL.shape[1]
     dW: list[Array] = [None] * L
     db: list[Array] = [None] * L
     dZs: list[Array] = [None] * L
-    dAs: list[Array] = [None] * (L + 1)
-    dAs[L] = dAL
-    with np.errstate(over="ignore", invalid="ignore"):
-        for l in range(L, 0, -1):
-            layer, cache = layers[l - 1], caches[l - 1]
-            dZs[l - 1] = dZ
-            dA_prev, dW_l, db_l = layer_backward(dZ, cache, layer, c)
-            if l2:
-                dW_l += (l2 / m) * layer.W
-            dW[l - 1], db[l - 1] = dW_l, db_l
-            if l > 1:
-                prev = caches[l - 2]
-                if prev.mask is not None:
-                    dA_prev *= prev.mask
-                    dA_prev /= dropout.keep_prob
-                prev_layer = layers[l - 2]
-                dZ = activations.get(prev_layer.activation).backward(dA_prev, prev.Z, prev.G,
-                                                                     prev_layer.negative_slope)
-            dAs[l - 1] = dA_prev
+    dAs: list[Array] = [None] * L
+    dZ = dZL
+    for l in range(L, 0, -1):
+        layer, cache = layers[l - 1], caches[l - 1]
+        dZs[l - 1] = dZ
+        dA_prev, dW[l - 1], db[l - 1] = layer_backward(dZ, cache, layer, scale)
+        if l2:
+            dW[l - 1] += (l2 / m) * layer.W
+        if l > 1:
+            prev, prev_layer = caches[l - 2], layers[l - 2]
+            if prev.mask is not None:
+                dA_prev *= prev.mask
+                dA_prev /= keep_prob
+            dZ = activations.get(prev_layer.activation).backward(dA_prev, prev.Z, prev.G, prev_layer.negative_slope)
+        dAs[l - 1] = dA_prev
+    return dW, db, dZs, dAs
 
-    for name, arrays in (("dW", dW), ("db", db), ("dZ", dZs)):
-        for l, a in enumerate(arrays, start=1):
-            if not _all_finite(a):
-                raise NumericalOverflow(f"{name}{l}", l, "backward pass")
-    for l, a in enumerate(dAs[:L]):
-        if not _all_finite(a):
-            raise NumericalOverflow(f"dA{l}", max(l, 1), "backward pass")
 
-    A = [cache.A_prev for cache in caches[1:]] + [AL]
-    return Result(cost=J, AL=AL, Z=[cache.Z for cache in caches], A=A, dW=dW, db=db, dZ=dZs, dA=dAs,
-                  unrepresentable=unrepresentable)
+def _check_finite(dW: list[Array], db: list[Array], dZ: list[Array], dA: list[Array]) -> None:
+    """NumericalOverflow naming the first gradient that left float64's range."""
+    # One reduction per array, summed; only when the total is not finite are the arrays inspected one by one.
+    total = sum(np.add.reduce(a, axis=None) for group in (dW, db, dZ, dA) for a in group)
+    if math.isfinite(total):
+        return
+    for name, group, first in (("dW", dW, 1), ("db", db, 1), ("dZ", dZ, 1), ("dA", dA, 0)):
+        for l, a in enumerate(group, start=first):
+            if not np.isfinite(a).all():
+                raise NumericalOverflow(f"{name}{l}", max(l, 1), "backward pass")

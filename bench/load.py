@@ -1,0 +1,134 @@
+"""Load test on loopback: the tiny-network gradient request against a trivial JSON endpoint, same gunicorn.
+
+    python bench/load.py [--duration 10] [--connections 8]
+
+Starts gunicorn with gunicorn.conf.py on a free 127.0.0.1 port (stopped by its PID at the end), runs wrk against
+GET /healthz (the trivial JSON endpoint, through the same app, hooks and metrics) and against POST /v1/gradients
+with a [2, 4, 1] network and m = 4, and writes bench/load_results.md. Targets (issue 3): at least 0.8x the trivial
+endpoint's requests per second, p99 latency at most 1.5x. Traffic goes to 127.0.0.1 only; each run is bounded by
+--duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_request() -> dict:
+    """[2, 4, 1]: tanh hidden layer, sigmoid output, binary cross-entropy, m = 4 (seeded)."""
+    rng = np.random.default_rng(0)
+    return {"layers": [{"W": rng.standard_normal((4, 2)).tolist(), "b": [[0.0]] * 4, "activation": "tanh"},
+                       {"W": rng.standard_normal((1, 4)).tolist(), "b": [[0.0]], "activation": "sigmoid"}],
+            "X": rng.standard_normal((2, 4)).tolist(), "Y": [[1, 0, 1, 0]], "cost": "binary_cross_entropy"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wrk(url: str, duration: int, connections: int, script: Path | None) -> dict:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
+    if script:
+        cmd += ["-s", str(script)]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=duration + 30, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def latency(p: str) -> float:
+        value, unit = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50_ms": latency("50"), "p99_ms": latency("99"),
+            "non_2xx": int(errors.group(1)) if errors else 0, "raw": out}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed (apt-get install wrk)")
+
+    tmp = Path(tempfile.mkdtemp(prefix="gradient-load-"))
+    body = json.dumps(tiny_request())
+    script = tmp / "post.lua"
+    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = {json.dumps(body)}\n")
+    port = free_port()
+    env = {**os.environ, "GRADIENT_BIND": f"127.0.0.1:{port}", "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
+           "GRADIENT_LOG_LEVEL": "warning"}
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    log = (tmp / "server.log").open("wb")
+    server = subprocess.Popen([str(gunicorn), "-c", str(ROOT / "gunicorn.conf.py"), "service.wsgi:app"], cwd=ROOT,
+                              env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base + "/readyz", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        check = urllib.request.Request(base + "/v1/gradients", data=body.encode(),
+                                       headers={"Content-Type": "application/json"})
+        assert urllib.request.urlopen(check).status == 200
+        wrk(base + "/healthz", 2, args.connections, None)  # warm-up
+        trivial = wrk(base + "/healthz", args.duration, args.connections, None)
+        tiny = wrk(base + "/v1/gradients", args.duration, args.connections, script)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        # gunicorn's access log is quiet at warning level; keep nothing else.
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    rps_ratio = tiny["rps"] / trivial["rps"]
+    p99_ratio = tiny["p99_ms"] / trivial["p99_ms"]
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    from service.config import Settings
+
+    s = Settings.load()
+    lines = [
+        "# Load test results (bench/load.py)",
+        "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        f"- gunicorn.conf.py defaults: {s.workers} workers x {s.threads} threads; wrk -t1 -c{args.connections} "
+        f"-d{args.duration}s on 127.0.0.1 (wrk shares the cores)",
+        "",
+        "| endpoint | requests/s | p50 ms | p99 ms | non-2xx |",
+        "|---|---|---|---|---|",
+        f"| GET /healthz (trivial JSON) | {trivial['rps']:.0f} | {trivial['p50_ms']:.2f} | {trivial['p99_ms']:.2f} | {trivial['non_2xx']} |",
+        f"| POST /v1/gradients [2, 4, 1], m = 4 | {tiny['rps']:.0f} | {tiny['p50_ms']:.2f} | {tiny['p99_ms']:.2f} | {tiny['non_2xx']} |",
+        "",
+        f"- throughput ratio: {rps_ratio:.2f}x (target >= 0.8x): {'met' if rps_ratio >= 0.8 else 'NOT met'}",
+        f"- p99 ratio: {p99_ratio:.2f}x (target <= 1.5x): {'met' if p99_ratio <= 1.5 else 'NOT met'}",
+        "",
+    ]
+    (ROOT / "bench" / "load_results.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
