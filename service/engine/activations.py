@@ -163,6 +163,14 @@ def sigmoid(Z: Array) -> Array:
 
 
 def log_softmax(Z: Array) -> Array:
-    """log softmax over axis 0 through the max shift; Z: (n, m) -> (n, m)."""
-    shifted = Z - Z.max(axis=0, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=0, keepdims=True))
+    """log softmax over axis 0 through the max shift; Z: (n, m) -> (n, m).
+
+    z_k - max(z) - log(1 + sum_{j != argmax} exp(z_j - max(z))), the last term by log1p so that a cost near 0
+    (one logit far above the rest) keeps its relative precision.
+    """
+    top = Z.argmax(axis=0)
+    cols = np.arange(Z.shape[1])
+    shifted = Z - Z[top, cols]
+    E = np.exp(shifted)
+    E[top, cols] = 0.0
+    return shifted - np.log1p(E.sum(axis=0, keepdims=True))

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from service.engine.activations import log_softmax
+from service.engine.activations import log_softmax, sigmoid
 
 Array = np.ndarray
 
@@ -25,7 +25,8 @@ class Cost:
     """A registered cost.
 
     ``output_activations``: the output activations it pairs with (``None``: any).
-    ``fused_activation``: the output activation for which ``dZ_L = A_L - Y`` exactly (the canonical pair).
+    ``fused_activation``: the output activation for which ``dZ_L = A_L - Y`` exactly (the canonical pair), and
+    ``fused_dZ(Z, A, Y)`` that A_L - Y, evaluated so that each entry keeps its relative precision.
     ``label_error(Y)``: why ``Y: (n_L, m)`` lies outside the cost's domain, or ``None``.
     """
 
@@ -34,6 +35,7 @@ class Cost:
     fused_activation: str
     loss: Callable[[Array, Array, Array], Array]
     dA: Callable[..., Array]  # (Z, A, Y, scale=1.0) -> scale * d loss / dA
+    fused_dZ: Callable[[Array, Array, Array], Array]
     label_error: Callable[[Array], str | None]
     formula: str
     dA_formula: str
@@ -88,6 +90,11 @@ def _bce_dA(Z: Array, A: Array, Y: Array, scale: float = 1.0) -> Array:
         return _scaled(1.0 - Y, _scale_times_exp(scale, Z, 1.0)) - _scaled(Y, _scale_times_exp(scale, -Z, 1.0))
 
 
+def _bce_fused_dZ(Z: Array, A: Array, Y: Array) -> Array:
+    # a - y = (1 - y) sigma(z) - y sigma(-z): for y = 1 this is -sigma(-z), exact where 1 - a rounds to 0.
+    return (1.0 - Y) * A - Y * sigmoid(-Z)
+
+
 def _bce_labels(Y: Array) -> str | None:
     if np.any((Y < 0) | (Y > 1)):
         return "binary_cross_entropy needs labels in [0, 1]"
@@ -100,6 +107,7 @@ register(Cost(
     fused_activation="sigmoid",
     loss=_bce_loss,
     dA=_bce_dA,
+    fused_dZ=_bce_fused_dZ,
     label_error=_bce_labels,
     formula="J = -(1/m) sum_i sum_k [y log a + (1 - y) log(1 - a)], computed from the logits as "
             "(1/m) sum [max(z, 0) - z y + log(1 + exp(-|z|))]",
@@ -121,6 +129,13 @@ def _cce_dA(Z: Array, A: Array, Y: Array, scale: float = 1.0) -> Array:
         return -_scaled(Y, _scale_times_exp(scale, -log_softmax(Z), 0.0))
 
 
+def _cce_fused_dZ(Z: Array, A: Array, Y: Array) -> Array:
+    # With one-hot y, a_k - 1 at the true class k equals -sum_{j != k} a_j: summed from small terms it stays
+    # exact where a_k rounds to 1.
+    others = np.sum(A * (1.0 - Y), axis=0, keepdims=True)
+    return A * (1.0 - Y) - Y * others
+
+
 def _cce_labels(Y: Array) -> str | None:
     if not np.all((Y == 0) | (Y == 1)) or not np.all(Y.sum(axis=0) == 1):
         return "categorical_cross_entropy needs one-hot label columns (one 1 per example, 0 elsewhere)"
@@ -133,6 +148,7 @@ register(Cost(
     fused_activation="softmax",
     loss=_cce_loss,
     dA=_cce_dA,
+    fused_dZ=_cce_fused_dZ,
     label_error=_cce_labels,
     formula="J = -(1/m) sum_i sum_k y_k log a_k, computed through log_softmax(z) = z - max(z) - "
             "log sum_j exp(z_j - max(z))",
@@ -154,6 +170,7 @@ register(Cost(
     fused_activation="linear",
     loss=_mse_loss,
     dA=lambda Z, A, Y, scale=1.0: (A - Y) * scale if scale != 1.0 else A - Y,
+    fused_dZ=lambda Z, A, Y: A - Y,
     label_error=lambda Y: None,
     formula="J = (1/(2m)) sum_i sum_k (a - y)^2",
     dA_formula="dA = a - y; dZ = (a - y) g'(z) (with a linear output dZ = a - y)",

@@ -176,7 +176,7 @@ def _output_dZ(unit: costs.Cost, last: Layer, cache: LayerCache, AL: Array, Y: A
                s: float) -> Array:
     """dZ_L = s (A_L - Y) for the cost's canonical pair, dA_L * g'(Z_L) (its VJP for softmax) otherwise."""
     if last.activation == unit.fused_activation:
-        dZ = AL - Y
+        dZ = unit.fused_dZ(cache.Z, AL, Y)
         if s != 1.0:
             dZ *= s
         return dZ

@@ -1,0 +1,354 @@
+"""Independent reference for the gradient service: torch float64 autodiff, a seeded random-network generator
+and an elementwise closeness assertion that names the worst element.
+
+Nothing here imports the service: the oracle only shares the *wire contract* (shapes, layouts, conventions)
+with it, never its code. Every torch tensor is created with ``dtype=torch.float64`` explicitly; the global
+default dtype is left alone.
+
+Conventions reproduced (features first inside the oracle; ``Case.to_layout`` turns them into the wire layout):
+    Z_l = W_l A_{l-1} + b_l,  G_l = g_l(Z_l),  A_l = G_l * D_l / p (hidden layers under dropout), A_L = G_L
+    J   = (1/m) sum_i loss_i + lambda/(2m) sum_l ||W_l||_F^2
+    mean         dX = dJ/dX for every returned X
+    per_example  dA_l and dZ_l multiplied by m (no 1/m); dW, db, cost unchanged
+    dA_l (hidden) is dJ/dG_l, the derivative w.r.t. the activation before the dropout mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+F64 = torch.float64
+
+HIDDEN_ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu", "leaky_relu")
+OUTPUT_ACTIVATIONS = HIDDEN_ACTIVATIONS + ("softmax",)
+DEFAULT_SLOPE = 0.01
+
+# (output activation, cost): every valid pairing of the service.
+PAIRINGS = (
+    ("sigmoid", "binary_cross_entropy"),
+    ("softmax", "categorical_cross_entropy"),
+    ("linear", "mean_squared_error"),
+    ("sigmoid", "mean_squared_error"),
+    ("tanh", "mean_squared_error"),
+    ("relu", "mean_squared_error"),
+    ("leaky_relu", "mean_squared_error"),
+    ("softmax", "mean_squared_error"),
+)
+LAYOUTS = ("features_first", "examples_first")
+CONVENTIONS = ("per_example", "mean")
+
+
+# --- torch reference ------------------------------------------------------------------------------------------
+
+def _t(a: np.ndarray, grad: bool = False) -> torch.Tensor:
+    out = torch.tensor(np.asarray(a, dtype=np.float64), dtype=F64)
+    return out.requires_grad_(grad)
+
+
+def torch_activation(name: str, Z: torch.Tensor, slope: float) -> torch.Tensor:
+    if name == "linear":
+        return Z
+    if name == "sigmoid":
+        return torch.sigmoid(Z)
+    if name == "tanh":
+        return torch.tanh(Z)
+    if name == "relu":
+        return torch.relu(Z)
+    if name == "leaky_relu":
+        return F.leaky_relu(Z, negative_slope=slope)
+    if name == "softmax":
+        return torch.softmax(Z, dim=0)
+    raise KeyError(name)
+
+
+def _cost_from_activation(cost: str, A: torch.Tensor, Y: torch.Tensor, m: int) -> torch.Tensor:
+    """The cost written in terms of A_L (the course's form); used for dA_L only."""
+    if cost == "binary_cross_entropy":
+        return -(Y * torch.log(A) + (1.0 - Y) * torch.log1p(-A)).sum() / m
+    if cost == "categorical_cross_entropy":
+        return -(Y * torch.log(A)).sum() / m
+    if cost == "mean_squared_error":
+        return 0.5 * ((A - Y) ** 2).sum() / m
+    raise KeyError(cost)
+
+
+@dataclass
+class Reference:
+    """Features-first float64 arrays. Lists are 0-based: dW[0] is dW_1, dA[0] is dA_0 (= dX), Z[0] is Z_1."""
+
+    cost: float
+    AL: np.ndarray
+    Z: list[np.ndarray]
+    A: list[np.ndarray]
+    dW: list[np.ndarray]
+    db: list[np.ndarray]
+    dZ: list[np.ndarray]
+    dA: list[np.ndarray]
+
+
+def reference(X: np.ndarray, Y: np.ndarray, layers: list[tuple], cost: str, *, l2: float = 0.0,
+              keep_prob: float | None = None, masks: list[np.ndarray] | None = None,
+              intermediates: str = "mean") -> Reference:
+    """torch float64 autodiff of the whole pass. ``layers``: (W (n_l, n_{l-1}), b (n_l,) or (n_l, 1),
+    activation, slope) tuples; X (n_0, m), Y (n_L, m) features first; masks D_1..D_{L-1} features first."""
+    m = X.shape[1]
+    L = len(layers)
+    A0 = _t(X, grad=True)
+    Yt = _t(Y)
+    Ws = [_t(W, grad=True) for W, _, _, _ in layers]
+    bs = [_t(np.reshape(b, (-1, 1)), grad=True) for _, b, _, _ in layers]
+    Zs, Gs, As = [], [], []
+    A = A0
+    for l, (_, _, act, slope) in enumerate(layers):
+        Z = Ws[l] @ A + bs[l]
+        Z.retain_grad()
+        G = torch_activation(act, Z, DEFAULT_SLOPE if slope is None else slope)
+        if G is not Z:
+            G.retain_grad()
+        if masks is not None and l < L - 1:
+            A = G * _t(masks[l]) / keep_prob
+        else:
+            A = G
+        Zs.append(Z)
+        Gs.append(G)
+        As.append(A)
+
+    ZL, AL = Zs[-1], Gs[-1]
+    if cost == "binary_cross_entropy":
+        J = F.binary_cross_entropy_with_logits(ZL, Yt, reduction="sum") / m
+    elif cost == "categorical_cross_entropy":
+        J = -(Yt * F.log_softmax(ZL, dim=0)).sum() / m
+    elif cost == "mean_squared_error":
+        J = 0.5 * ((AL - Yt) ** 2).sum() / m
+    else:
+        raise KeyError(cost)
+    if l2:
+        J = J + l2 / (2 * m) * sum((W * W).sum() for W in Ws)
+    J.backward()
+
+    if cost == "mean_squared_error":
+        dAL = AL.grad
+    else:
+        # The cost above is written from the logits, so A_L is not on its graph: differentiate the course's
+        # form -(y log a + (1-y) log(1-a)) / -sum y log a w.r.t. a separate leaf holding A_L.
+        leaf = AL.detach().clone().requires_grad_(True)
+        _cost_from_activation(cost, leaf, Yt, m).backward()
+        dAL = leaf.grad
+
+    scale = float(m) if intermediates == "per_example" else 1.0
+    np_ = lambda t: t.detach().numpy().astype(np.float64, copy=True)  # noqa: E731
+    dA = [np_(A0.grad) * scale] + [np_(G.grad) * scale for G in Gs[:-1]] + [np_(dAL) * scale]
+    return Reference(
+        cost=float(J.detach()),
+        AL=np_(AL),
+        Z=[np_(Z) for Z in Zs],
+        A=[np_(A) for A in As],
+        dW=[np_(W.grad) for W in Ws],
+        db=[np_(b.grad) for b in bs],
+        dZ=[np_(Z.grad) * scale for Z in Zs],
+        dA=dA,
+    )
+
+
+# --- closeness --------------------------------------------------------------------------------------------------
+
+def as_array(value: Any) -> np.ndarray:
+    """A JSON list (possibly with null) -> float64 array; null becomes NaN."""
+    def conv(v):
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        return np.nan if v is None else v
+    return np.asarray(conv(value), dtype=np.float64)
+
+
+def assert_close(got: Any, want: Any, name: str, rtol: float = 1e-10, atol: float = 1e-13) -> None:
+    """Elementwise |got - want| <= rtol * |want| + atol, shapes equal; the failure names the worst element."""
+    __tracebackhide__ = True
+    g = as_array(got)
+    w = np.asarray(want, dtype=np.float64)
+    assert g.shape == w.shape, f"{name}: shape {g.shape}, expected {w.shape}"
+    if g.size == 0:
+        return
+    assert np.all(np.isfinite(g)), f"{name}: non-finite entries at {np.argwhere(~np.isfinite(g)).tolist()[:10]}"
+    assert np.all(np.isfinite(w)), f"{name}: the reference itself is not finite"
+    excess = np.abs(g - w) - (rtol * np.abs(w) + atol)
+    i = np.unravel_index(int(np.argmax(excess)), excess.shape)
+    if excess[i] > 0:
+        rel = abs(g[i] - w[i]) / max(abs(w[i]), 1e-300)
+        raise AssertionError(
+            f"{name}: worst element {tuple(int(k) for k in i)}: got {g[i]!r}, expected {w[i]!r}, "
+            f"|diff| = {abs(g[i] - w[i]):.3e}, rel = {rel:.3e} (rtol {rtol}, atol {atol}); "
+            f"{int(np.sum(excess > 0))} of {g.size} elements out of tolerance")
+
+
+# --- random networks ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Case:
+    """One random request. Arrays are features first; ``request()`` renders the wire body in ``layout``."""
+
+    seed: int
+    sizes: list[int]                 # n_0 .. n_L
+    m: int
+    activations: list[str]
+    slopes: list[float | None]       # None: not sent (service default 0.01)
+    W: list[np.ndarray]
+    b: list[np.ndarray]              # (n_l, 1)
+    b_vector: list[bool]
+    X: np.ndarray                    # (n_0, m)
+    Y: np.ndarray                    # (n_L, m), one-hot for CCE
+    y_format: str                    # "matrix", "flat" (n_L == 1), "indices" (CCE)
+    label_kind: str                  # "hard", "soft", "mixed", "onehot", "real"
+    cost: str
+    layout: str
+    intermediates: str
+    l2: float
+    keep_prob: float | None
+    masks: list[np.ndarray] | None   # D_1 .. D_{L-1}, (n_l, m)
+    include_caches: bool
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def L(self) -> int:
+        return len(self.W)
+
+    def layer_tuples(self) -> list[tuple]:
+        return [(W, b, a, s) for W, b, a, s in zip(self.W, self.b, self.activations, self.slopes)]
+
+    def to_layout(self, a: np.ndarray) -> np.ndarray:
+        """A features-first (units, m) matrix in the request's layout."""
+        return a.T if self.layout == "examples_first" else a
+
+    def request(self) -> dict:
+        layers = []
+        for W, b, act, slope, vec in zip(self.W, self.b, self.activations, self.slopes, self.b_vector):
+            spec: dict[str, Any] = {"W": W.tolist(), "b": (b.reshape(-1).tolist() if vec else b.tolist()),
+                                    "activation": act}
+            if slope is not None:
+                spec["negative_slope"] = slope
+            layers.append(spec)
+        if self.y_format == "indices":
+            Y: Any = [int(k) for k in np.argmax(self.Y, axis=0)]
+        elif self.y_format == "flat":
+            Y = self.Y.reshape(-1).tolist()
+        else:
+            Y = self.to_layout(self.Y).tolist()
+        body: dict[str, Any] = {"layers": layers, "X": self.to_layout(self.X).tolist(), "Y": Y, "cost": self.cost,
+                                "layout": self.layout, "intermediates": self.intermediates}
+        if self.l2:
+            body["l2"] = self.l2
+        if self.masks is not None:
+            body["dropout"] = {"keep_prob": self.keep_prob, "masks": [self.to_layout(D).tolist() for D in self.masks]}
+        if self.include_caches:
+            body["include_caches"] = True
+        return body
+
+    def reference(self) -> Reference:
+        return reference(self.X, self.Y, self.layer_tuples(), self.cost, l2=self.l2, keep_prob=self.keep_prob,
+                         masks=self.masks, intermediates=self.intermediates)
+
+
+def _np_act(name: str, Z: np.ndarray, slope: float) -> np.ndarray:
+    with torch.no_grad():
+        return torch_activation(name, _t(Z), slope).numpy()
+
+
+def forward_Z(case: Case) -> list[np.ndarray]:
+    """Pre-activations Z_1..Z_L of a case (float64, via torch), for rejection sampling."""
+    A, out = case.X, []
+    for l in range(case.L):
+        Z = case.W[l] @ A + case.b[l]
+        out.append(Z)
+        G = _np_act(case.activations[l], Z, DEFAULT_SLOPE if case.slopes[l] is None else case.slopes[l])
+        A = G * case.masks[l] / case.keep_prob if case.masks is not None and l < case.L - 1 else G
+    return out
+
+
+# sigmoid / tanh derivatives in torch come from the output (a(1-a), 1-a^2), whose relative error grows like
+# e^{|z|}; below |z| = 6 it stays under ~1e-12, so the oracle is exact to the tolerance used.
+SATURATING_LIMIT = 6.0
+
+
+def random_case(seed: int, *, pairing: tuple[str, str] | None = None, n_layers: int | None = None,
+                layout: str | None = None, intermediates: str | None = None, max_m: int = 12,
+                kink_margin: float = 0.0) -> Case:
+    """A seeded random network and request. Without overrides the pairing, depth, layout and convention are
+    spread deterministically over the seed (seed % 8, (seed // 8) % 5 + 1, (seed // 40) % 2, (seed // 80) % 2)
+    so that any 80 consecutive seeds cover every combination; the rest is drawn from default_rng(seed).
+    ``kink_margin``: resample until every relu/leaky_relu pre-activation is at least that far from 0."""
+    rng = np.random.default_rng(seed)
+    out_act, cost = pairing or PAIRINGS[seed % len(PAIRINGS)]
+    L = n_layers or (seed // 8) % 5 + 1
+    layout = layout or LAYOUTS[(seed // 40) % 2]
+    intermediates = intermediates or CONVENTIONS[(seed // 80) % 2]
+
+    r = rng.random()
+    m = 1 if r < 0.15 else (int(rng.integers(25, 41)) if r > 0.95 else int(rng.integers(2, max_m + 1)))
+    n_x = int(rng.integers(1, 6))
+    if cost == "categorical_cross_entropy" or out_act == "softmax":
+        n_L = int(rng.integers(2, 6))
+    elif cost == "binary_cross_entropy":
+        n_L = int(rng.integers(1, 4))
+    else:
+        n_L = int(rng.integers(1, 5))
+    sizes = [n_x] + [int(rng.integers(1, 7)) for _ in range(L - 1)] + [n_L]
+    acts = [str(rng.choice(HIDDEN_ACTIVATIONS)) for _ in range(L - 1)] + [out_act]
+    slopes: list[float | None] = [float(np.round(rng.uniform(0.02, 0.5), 6))
+                                  if a == "leaky_relu" and rng.random() < 0.5 else None for a in acts]
+    b_vector = [bool(rng.random() < 0.5) for _ in range(L)]
+
+    # Labels, features first.
+    if cost == "binary_cross_entropy":
+        label_kind = str(rng.choice(["hard", "soft", "mixed"]))
+        if label_kind == "hard":
+            Y = rng.integers(0, 2, size=(n_L, m)).astype(np.float64)
+        elif label_kind == "soft":
+            Y = rng.uniform(0, 1, size=(n_L, m))
+        else:
+            Y = rng.uniform(0, 1, size=(n_L, m))
+            pick = rng.random((n_L, m))
+            Y[pick < 0.3] = 0.0
+            Y[pick > 0.7] = 1.0
+    elif cost == "categorical_cross_entropy":
+        label_kind = "onehot"
+        Y = np.zeros((n_L, m))
+        Y[rng.integers(0, n_L, size=m), np.arange(m)] = 1.0
+    else:
+        label_kind = "real"
+        Y = rng.normal(0, 1, size=(n_L, m))
+    if cost == "categorical_cross_entropy":
+        y_format = "indices" if rng.random() < 0.5 else "matrix"
+    elif n_L == 1 and rng.random() < 0.5:
+        y_format = "flat"
+    else:
+        y_format = "matrix"
+
+    l2 = 0.0 if rng.random() < 0.5 else float(rng.uniform(0.01, 1.0))
+    keep_prob, masks = None, None
+    if rng.random() < (0.4 if L > 1 else 0.1):
+        keep_prob = float(rng.choice([1.0, 0.8, 0.5, float(np.round(rng.uniform(0.3, 0.95), 4))]))
+        masks = [(rng.random((n, m)) < max(keep_prob, 0.5)).astype(np.float64) for n in sizes[1:-1]]
+    include_caches = bool(rng.random() < 0.35)
+
+    for attempt in range(200):
+        X = rng.normal(0, 1, size=(n_x, m))
+        W = [rng.normal(0, 1, size=(sizes[l + 1], sizes[l])) / np.sqrt(sizes[l]) for l in range(L)]
+        b = [rng.normal(0, 0.3, size=(sizes[l + 1], 1)) for l in range(L)]
+        case = Case(seed=seed, sizes=sizes, m=m, activations=acts, slopes=slopes, W=W, b=b,
+                    b_vector=b_vector, X=X, Y=Y, y_format=y_format, label_kind=label_kind, cost=cost, layout=layout,
+                    intermediates=intermediates, l2=l2, keep_prob=keep_prob, masks=masks,
+                    include_caches=include_caches)
+        Zs = forward_Z(case)
+        ok = all(np.max(np.abs(Z)) <= SATURATING_LIMIT for Z, a in zip(Zs, acts) if a in ("sigmoid", "tanh"))
+        if kink_margin:
+            ok = ok and all(np.min(np.abs(Z)) >= kink_margin for Z, a in zip(Zs, acts)
+                            if a in ("relu", "leaky_relu"))
+        if ok:
+            case.extra["attempts"] = attempt + 1
+            return case
+    raise RuntimeError(f"seed {seed}: no acceptable draw in 200 attempts")
