@@ -25,10 +25,11 @@ def create_app(config: Settings | Mapping | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     register_error_handlers(app)
 
-    from service import hooks, ops, routes
+    from service import grading_routes, hooks, ops, routes
 
     hooks.install(app, settings)
     app.register_blueprint(routes.bp)
+    app.register_blueprint(grading_routes.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(ops.docs_blueprint())
     if not settings.api_keys:

@@ -214,9 +214,13 @@ def backward(dZL: Array, caches: list[LayerCache], layers: list[Layer], *, scale
 
 
 def _check_finite(dW: list[Array], db: list[Array], dZ: list[Array], dA: list[Array]) -> None:
-    """NumericalOverflow naming the first gradient that left float64's range."""
-    # One reduction per array, summed; only when the total is not finite are the arrays inspected one by one.
-    total = sum(np.add.reduce(a, axis=None) for group in (dW, db, dZ, dA) for a in group)
+    """NumericalOverflow naming the first gradient that left float64's range.
+
+    db_l sums dZ_l over the examples, so a non-finite dZ_l shows in db_l; and dZ_l = dA_l * g'(Z_l) (masked or
+    not) turns a non-finite dA_l into a non-finite dZ_l. So db, dW and dA_0 cover every array; the others are
+    inspected one by one only when that cheap test fails (a sum can also overflow with finite terms).
+    """
+    total = sum(np.add.reduce(a, axis=None) for a in (*db, *dW, dA[0]))
     if math.isfinite(total):
         return
     for name, group, first in (("dW", dW, 1), ("db", db, 1), ("dZ", dZ, 1), ("dA", dA, 0)):

@@ -1,0 +1,141 @@
+"""HTTP routes for autograders and learners: grade a submission, gradient-check, explain the last layer.
+
+Each route parses and validates (schemas.grading), calls the engine, serializes. Register with
+``app.register_blueprint(grading_routes.bp)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+from flask import Blueprint, current_app
+
+from schemas.errors import ErrorItem, InvalidRequest
+from schemas.grading import (DEFAULT_MAX_FORWARD_PASSES, MAX_SUBMISSIONS, ExplainRequest, ExplainResponse,
+                             GradeAnyResponse, GradeRequest, GradientCheckRequest, GradientCheckResponse,
+                             check_to_wire, explain_to_wire, grade_to_wire, prepare_check, prepare_explain,
+                             prepare_grading)
+from service import engine, metrics
+from service.engine import explain as explain_engine
+from service.engine import gradcheck, grading
+from service.http import json_response, parse_body
+from service.openapi import documented
+
+bp = Blueprint("grading", __name__)
+
+EXAMPLES = Path(__file__).parent / "examples"
+
+
+def _network() -> dict:
+    """The README's 2 -> 3 -> 1 sigmoid network with binary cross-entropy, as a request body."""
+    return orjson.loads((EXAMPLES / "two_layer_sigmoid_bce.json").read_bytes())
+
+
+# A student who forgot 1/m in dW2, sent db2 as a vector, and sent dZ2 = AL - Y as dA2.
+_STUDENT = {
+    "cost": 0.676733526293133,
+    "dW1": [[0.05453110059066126, -0.046699241899016905], [-0.06590876771264695, 0.0571652310300554],
+            [0.03164837549363317, -0.021509315958964492]],
+    "dW2": [[0.2735458680743348, 0.17001528034429536, -0.06960193566862144]],
+    "db2": [0.09181747225783912],
+    "dA2": [[-0.4226574740999922, 0.5507130730376089, -0.35923673607357876, 0.5984510261673186]],
+}
+GRADE_EXAMPLES = {
+    "one_submission_with_mistakes": {**_network(), "submission": _STUDENT,
+                                     "points": {"cost": 1, "dW1": 2, "dW2": 2, "db1": 1, "db2": 1, "dA2": 1}},
+    "class_batch_gradescope": {**_network(), "submissions": [_STUDENT, {"cost": 0.676733526293133}],
+                               "points": {"cost": 1, "dW2": 2}, "format": "gradescope", "rtol": 1e-6},
+}
+CHECK_EXAMPLES = {
+    "full_check": _network(),
+    "sampled_submission": {**_network(), "mode": "entries", "samples": 5, "seed": 1, "epsilon": 1e-6,
+                           "gradients": {"dW1": _STUDENT["dW1"], "db1": [[0.015346331118994881],
+                                                                         [-0.018584187051511207],
+                                                                         [0.012871412895237105]],
+                                         "dW2": _STUDENT["dW2"], "db2": _STUDENT["db2"]}},
+}
+EXPLAIN_EXAMPLES = {
+    "sigmoid_bce": _network(),
+    "saturated_output": {"layers": [{"W": [[40.0]], "b": [[0.0]], "activation": "sigmoid"}],
+                         "X": [[1.0, -1.0, 1.0, -1.0]], "Y": [[1, 0, 0, 1]], "cost": "binary_cross_entropy"},
+    "sigmoid_mse_not_canonical": {**_network(), "cost": "mean_squared_error"},
+}
+
+
+@bp.post("/v1/grade")
+@documented(
+    "Grade a student's arrays (or a class's) against the reference, with diagnoses.",
+    description="Computes the reference for the posted network once (as POST /v1/gradients does), then grades "
+                "`submission` (or each of `submissions`, at most " + str(MAX_SUBMISSIONS) + ") key by key: status, "
+                "errors, the worst entry, the course's difference, points, and for a wrong key the mistake its numbers "
+                "point to (" + ", ".join(f"`{c}`" for c in grading.DIAGNOSES) + "), each with its evidence, only when "
+                "the submission matches that mistake within the tolerance. An entry passes when "
+                "|s - r| <= atol + rtol |r| (defaults rtol = 1e-5, atol = 1e-8). Without `reveal` no reference value "
+                "appears anywhere in the response. `format: gradescope` returns a Gradescope results.json as it is.",
+    request=GradeRequest, response=GradeAnyResponse, errors=(400, 413, 415, 422), tags=("grading",),
+    response_description="`format: native`: `result` (or `results` in the batch form). `format: gradescope`: a "
+                         "Gradescope results.json (or `{\"results\": [...]}`, one per submission).",
+    secured=True, examples=GRADE_EXAMPLES)
+def grade():
+    """Grade one submission or a batch against one reference."""
+    req = parse_body(GradeRequest)
+    limits = current_app.config["SETTINGS"].limits()
+    prep, submissions = prepare_grading(req, limits)
+    tol = grading.Tolerance(req.rtol, req.atol)
+    with metrics.COMPUTE.time():
+        # The mistaken-backprop hypotheses may re-run at most one request's worth of work (GRADIENT_MAX_WORK).
+        ref = grading.build_reference(prep.X, prep.Y, prep.layers, req.cost, l2=req.l2, dropout=prep.dropout,
+                                      intermediates=req.intermediates, db_as_vector=prep.b_is_vector,
+                                      variant_budget=limits.max_work)
+        grades = [grading.grade(ref, sub, tol, req.points, lenient_shapes=req.shape_policy == "lenient")
+                  for sub in submissions]
+    return json_response(grade_to_wire(grades, ref, prep, req))
+
+
+@bp.post("/v1/gradient-check")
+@documented(
+    "Check the analytic gradients (the service's or yours) by central differences.",
+    description="numeric = (J(theta + eps) - J(theta - eps)) / (2 eps) per entry (eps default 1e-7); the course's "
+                "difference ||a - n|| / (||a|| + ||n||) overall and per parameter, the worst entries, and pass when it "
+                "is <= threshold (default 2e-7). `entries` and `directions` modes sample for large networks. The "
+                "forward passes are counted before running and capped (default " + str(DEFAULT_MAX_FORWARD_PASSES)
+                + "); dropout needs its masks, which make J deterministic.",
+    request=GradientCheckRequest, response=GradientCheckResponse, errors=(400, 413, 415, 422),
+    tags=("grading",), secured=True, examples=CHECK_EXAMPLES)
+def gradient_check():
+    """Central-difference check of dW and db."""
+    req = parse_body(GradientCheckRequest)
+    prep, dW, db = prepare_check(req, current_app.config["SETTINGS"].limits())
+    with metrics.COMPUTE.time():
+        if dW is None:
+            result = engine.compute(prep.X, prep.Y, prep.layers, req.cost, l2=req.l2, dropout=prep.dropout)
+            dW, db = result.dW, result.db
+        try:
+            res = gradcheck.check(prep.X, prep.Y, prep.layers, req.cost, dW, db, l2=req.l2, dropout=prep.dropout,
+                                  epsilon=req.epsilon, threshold=req.threshold, mode=req.mode, samples=req.samples,
+                                  seed=req.seed, max_passes=req.max_forward_passes, worst=req.worst)
+        except gradcheck.TooManyPasses as exc:  # prepare_check counts the same; kept as the engine's own guard
+            raise InvalidRequest([ErrorItem(location="max_forward_passes", type="limit_exceeded", message=str(exc))],
+                                 title="Request over the limits", slug="limit-exceeded") from None
+    return json_response(check_to_wire(res, prep, req))
+
+
+@bp.post("/v1/explain")
+@documented(
+    "Why the last layer's gradient differs from a hidden layer's, told with your numbers.",
+    description="Steps, each a sentence, a LaTeX formula and the numbers of the posted network (the same as POST "
+                "/v1/gradients returns): the cost; dA_L from the cost's formula; g'(Z_L); dZ_L = dA_L * g'(Z_L); for "
+                "the canonical pairs the fused dZ_L = A_L - Y with the largest difference, and the entries where the "
+                "textbook chain rule is infinite or inaccurate (A_L at 0 or 1); for other pairs why no simplification "
+                "applies; one hidden layer's dA = W^T dZ and dZ = dA * g'(Z); and why the two differ.",
+    request=ExplainRequest, response=ExplainResponse, errors=(400, 413, 415, 422), tags=("learning",),
+    secured=True, examples=EXPLAIN_EXAMPLES)
+def explain():
+    """The last layer's story with the caller's numbers."""
+    req = parse_body(ExplainRequest)
+    prep = prepare_explain(req, current_app.config["SETTINGS"].limits())
+    with metrics.COMPUTE.time():
+        story = explain_engine.explain(prep.X, prep.Y, prep.layers, req.cost, l2=req.l2, dropout=prep.dropout,
+                                       intermediates=req.intermediates, hidden_layer=req.hidden_layer)
+    return json_response(explain_to_wire(story, prep, req))
