@@ -95,18 +95,23 @@ def _check_limits(req: GradientRequest, limits: Limits) -> list[ErrorItem]:
         over("X", "the number of input features", n_x, limits.max_units)
     elements = req.X.size + req.Y.size
     work = 0
+    activations = n_x * m
     for i, layer in enumerate(req.layers):
         n_out, n_in = layer.W.shape
         if n_out > limits.max_units:
             over(f"layers[{i}].W", "the number of units", n_out, limits.max_units)
         elements += layer.W.size + layer.b.size
         work += n_out * n_in * m
+        activations += n_out * m
     if req.dropout is not None:
         elements += sum(mask.size for mask in req.dropout.masks)
     if elements > limits.max_elements:
         over("body", "the total number of array elements", elements, limits.max_elements)
     if work > limits.max_work:
         over("body", "the work of one forward pass (sum of n_l * n_(l-1) * m)", work, limits.max_work)
+    if activations > limits.max_activations:
+        over("body", "the number of activation entries (sum over l = 0..L of n_l * m), which sizes memory and "
+                     "the response,", activations, limits.max_activations)
     return errors
 
 

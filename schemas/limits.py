@@ -14,3 +14,5 @@ class Limits:
     max_examples: int = 100_000
     max_elements: int = 4_000_000
     max_work: int = 4_000_000_000  # sum over layers of n_l * n_{l-1} * m (multiply-adds of one forward pass)
+    # sum over l = 0..L of n_l * m: each activation-sized array (Z, A, dZ, dA) the pass stores and returns.
+    max_activations: int = 4_000_000

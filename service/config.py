@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     max_elements: int = Field(default=_DEFAULTS.max_elements, gt=0, description="Most numbers in one request's arrays.")
     max_work: int = Field(default=_DEFAULTS.max_work, gt=0,
                           description="Most multiply-adds of one forward pass: sum over layers of n_l * n_(l-1) * m.")
+    max_activations: int = Field(default=_DEFAULTS.max_activations, gt=0,
+                                 description="Most activation entries: sum over l = 0..L of n_l * m (bounds memory and "
+                                             "response size).")
 
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod
@@ -87,7 +90,8 @@ class Settings(BaseSettings):
 
     def limits(self) -> Limits:
         return Limits(max_layers=self.max_layers, max_units=self.max_units, max_examples=self.max_examples,
-                      max_elements=self.max_elements, max_work=self.max_work)
+                      max_elements=self.max_elements, max_work=self.max_work,
+                      max_activations=self.max_activations)
 
     @classmethod
     def load(cls, **overrides) -> "Settings":

@@ -665,7 +665,8 @@ def test_json_content_type_variants_are_accepted(vclient, content_type):
 
 # --- configurable limits -------------------------------------------------------------------------------------
 # the valid request: L = 2, units 3 and 1, n_x = 2, m = 4,
-# elements X 8 + Y 4 + W1 6 + b1 3 + W2 3 + b2 1 + D1 12 = 37, work 3*2*4 + 1*3*4 = 36
+# elements X 8 + Y 4 + W1 6 + b1 3 + W2 3 + b2 1 + D1 12 = 37, work 3*2*4 + 1*3*4 = 36,
+# activations (2 + 3 + 1) * 4 = 24
 
 @pytest.mark.parametrize("config,location,message", [
     ({"max_layers": 1}, "layers", "the number of layers is 2, over this service's limit of 1"),
@@ -673,7 +674,9 @@ def test_json_content_type_variants_are_accepted(vclient, content_type):
     ({"max_examples": 3}, "X", "the number of examples m is 4, over this service's limit of 3"),
     ({"max_elements": 36}, "body", "the total number of array elements is 37"),
     ({"max_work": 35}, "body", "is 36, over this service's limit of 35"),
-], ids=["max_layers", "max_units", "max_examples", "max_elements", "max_work"])
+    ({"max_activations": 23}, "body", "activation entries (sum over l = 0..L of n_l * m), which sizes memory and "
+                                      "the response, is 24, over this service's limit of 23"),
+], ids=["max_layers", "max_units", "max_examples", "max_elements", "max_work", "max_activations"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_limits_are_422_limit_exceeded(config, location, message, layout):
     client = make_app(**config).test_client()
@@ -689,10 +692,21 @@ def test_input_features_over_max_units():
 
 
 @pytest.mark.parametrize("config", [{"max_layers": 2}, {"max_units": 3}, {"max_examples": 4},
-                                    {"max_elements": 37}, {"max_work": 36}],
-                         ids=["max_layers", "max_units", "max_examples", "max_elements", "max_work"])
+                                    {"max_elements": 37}, {"max_work": 36}, {"max_activations": 24}],
+                         ids=["max_layers", "max_units", "max_examples", "max_elements", "max_work",
+                              "max_activations"])
 def test_limits_are_inclusive(config):
     assert_ok(send(make_app(**config).test_client(), valid_request()))
+
+
+def test_a_small_body_cannot_ask_for_a_huge_pass():
+    """114 KB of JSON that would make 4096 x 4000 activation arrays (and a response of hundreds of MB)."""
+    m = 4000
+    body = {"layers": [{"W": [[0.01]] * 4096, "b": [0.0] * 4096, "activation": "tanh"},
+                       {"W": [[0.001] * 4096], "b": [0.0], "activation": "sigmoid"}],
+            "X": [[0.5] * m], "Y": [[1.0] * m], "cost": "binary_cross_entropy"}
+    resp = send(make_app().test_client(), body)
+    assert_error(resp, 422, "body", "limit_exceeded", f"is {(1 + 4096 + 1) * m}, over this service's limit of 4000000")
 
 
 def test_limits_are_checked_before_the_shape_chain():
