@@ -8,8 +8,9 @@ import os
 import shutil
 import tempfile
 
-from service.config import Settings
 from service import logs as _logs
+from service import tuning as _tuning
+from service.config import Settings
 
 settings = Settings.load()
 
@@ -36,6 +37,10 @@ control_socket_disable = True
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, str(settings.blas_threads))
 
+# Workers inherit the allocator settings of the master: large arrays freed after one request are reused by the
+# next instead of being faulted in again (service/tuning.py).
+_KEEP_FREED_ARRAYS = _tuning.keep_freed_arrays()
+
 # Prometheus multiprocess mode: every worker writes its samples under one directory, /metrics merges them.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gradient-metrics-")
@@ -49,8 +54,8 @@ def on_starting(server):
         path = os.path.join(metrics_dir, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     log = server.log.error_log
-    log.info("gradient-service on %s: %d workers x %d threads, %s BLAS threads each", bind, workers, threads,
-             os.environ["OPENBLAS_NUM_THREADS"])
+    log.info("gradient-service on %s: %d workers x %d threads, %s BLAS threads each, freed arrays kept: %s", bind,
+             workers, threads, os.environ["OPENBLAS_NUM_THREADS"], _KEEP_FREED_ARRAYS)
     if not settings.api_keys:
         log.warning("no API keys configured (GRADIENT_API_KEYS): every route is open to anyone who can reach it")
 

