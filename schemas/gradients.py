@@ -123,13 +123,13 @@ def _labels(req: GradientRequest, n_out: int, m: int, errors: list[ErrorItem]) -
             errors.append(ErrorItem(location="Y", type="shape_mismatch",
                                     message=f"Y is a flat list of {Y.shape[0]} labels but X has m = {m} examples"))
             return None
-        if req.cost == "categorical_cross_entropy":
+        if cost.class_indices:
             bad = (Y != np.floor(Y)) | (Y < 0) | (Y >= n_out)
             if bad.any():
                 i = int(np.argmax(bad))
                 errors.append(ErrorItem(
                     location=f"Y[{i}]", type="label_domain",
-                    message=f"a flat Y for categorical_cross_entropy holds class indices: integers in [0, {n_out}) "
+                    message=f"a flat Y for {req.cost} holds class indices: integers in [0, {n_out}) "
                             f"for {n_out} output units; got {float(Y[i]):g}"))
                 return None
             return one_hot(Y.astype(np.intp), n_out)

@@ -40,6 +40,7 @@ class Cost:
     formula: str
     dA_formula: str
     label_domain: str
+    class_indices: bool = False  # whether labels may come as m class indices (made one-hot at the edge)
 
 
 COSTS: dict[str, Cost] = {}
@@ -154,6 +155,7 @@ register(Cost(
             "log sum_j exp(z_j - max(z))",
     dA_formula="dA = -y/a; with a softmax output dZ = a - y",
     label_domain="one-hot columns (or a list of m class indices)",
+    class_indices=True,
 ))
 
 
