@@ -1,32 +1,45 @@
-"""POST /v1/grade, /v1/gradient-check and /v1/explain: request and response models, the checks that span
-fields, and the layout edge. Each request extends ``GradientRequest`` (same network, data and options) and goes
-through its ``prepare``; the engine sees features first only.
+"""POST /v1/grade: the request and response models, the checks that span fields, the limits of a batch, and the
+layout edge. The request extends ``GradientRequest`` (same network, data and options) and goes through its
+``prepare``; the engine sees features first only. The Gradescope document is in ``schemas.gradescope``; the
+other learner routes are in ``schemas.gradient_check`` and ``schemas.explain``.
 
 Submitted arrays follow the request's layout, as /v1/gradients responses do: with ``examples_first`` the
 (units, m) keys (``AL``, ``dZ``, ``dA``) are (m, units), and so are the indices and shapes reported for them.
+
+The reveal rule: without ``reveal`` no number of the response lets one rebuild a reference entry. The errors of a
+key (``max_abs_error``, ``max_rel_error``, ``difference``) and the evidence a diagnosis computes from the
+reference (``Diagnosis.fitted``) are coarsened: errors to the smallest power of ten not below them (from the
+submitted value, the error of a zero submission or the ratio of two errors pins an entry only to within a factor
+of ten), fitted ratios to two significant digits. Every other number is the submission's own, the request's, a
+count or an index.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal, Optional, Union
 
 import numpy as np
 from annotated_types import Len
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, RootModel, StrictBool, StrictInt, Tag,
-                      WithJsonSchema, field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, RootModel, StrictBool, Tag,
+                      WithJsonSchema, model_validator)
 from pydantic_core import PydanticCustomError
 
-from schemas.common import FiniteFloat, MatrixOrVector
+# The matrix-or-vector parsing of schemas.common, reused for arrays whose entries may be null (None -> NaN).
+from schemas.common import FiniteFloat, matrix_or_vector, to_matrix, to_vector
 from schemas.errors import ErrorItem, InvalidRequest
+from schemas.gradescope import VISIBILITIES, GradescopeResponse, document, shape_text
 from schemas.gradients import GradientRequest, Prepared, prepare
 from schemas.limits import Limits
-from service.engine import explain as explain_engine
-from service.engine import gradcheck, grading
+from service.engine import grading
 
 MAX_SUBMISSIONS = 500
-HARD_MAX_FORWARD_PASSES = 200_000
-DEFAULT_MAX_FORWARD_PASSES = 20_000
-
+# Graded keys over the whole batch (submissions x keys each): bounds the response (~0.5 KB per key) and the
+# per-key fixed cost of comparing and serializing.
+MAX_KEY_RESULTS = 20_000
+# The price of comparing every submitted array with the reference and with every hypothesis it may be tested
+# against (grading.grading_work, numbers compared plus a fixed cost per comparison): ~10 ns each, ~2 s in all.
+MAX_GRADING_WORK = 150_000_000
 
 
 def _not_used(value: bool) -> bool:
@@ -35,39 +48,19 @@ def _not_used(value: bool) -> bool:
     return value
 
 
-# GradientRequest's include_caches, which these routes do not use: only false (or absent) is accepted.
+# GradientRequest's include_caches, which the grade, gradient-check and explain routes do not use: only false (or
+# absent) is accepted.
 NotUsed = Annotated[StrictBool, AfterValidator(_not_used), WithJsonSchema({"type": "boolean", "const": False})]
 
 # --- submitted arrays: finite numbers or null (null entries grade as not_a_number) --------------------------
 
 NumberOrNull = Optional[FiniteFloat]
 
-
-def _nullable_matrix(rows: list[list[Optional[float]]]) -> np.ndarray:
-    width = len(rows[0])
-    for i, row in enumerate(rows):
-        if len(row) != width:
-            raise PydanticCustomError(
-                "ragged_matrix", "ragged matrix: row {row} has {got} entries but row 0 has {want}",
-                {"row": i, "got": len(row), "want": width})
-    return np.array(rows, dtype=np.float64)  # null -> NaN
-
-
-def _nullable_vector(values: list[Optional[float]]) -> np.ndarray:
-    return np.array(values, dtype=np.float64)  # null -> NaN
-
-
-def _matrix_or_vector(value: Any) -> str | None:
-    if not isinstance(value, list):
-        return None
-    return "matrix" if value and isinstance(value[0], list) else "vector"
-
-
 SubmittedArray = Annotated[
     Union[Annotated[list[Annotated[list[NumberOrNull], Len(min_length=1)]], Len(min_length=1),
-                    AfterValidator(_nullable_matrix), Tag("matrix")],
-          Annotated[list[NumberOrNull], Len(min_length=1), AfterValidator(_nullable_vector), Tag("vector")]],
-    Discriminator(_matrix_or_vector, custom_error_type="matrix_or_vector_type",
+                    AfterValidator(to_matrix), Tag("matrix")],
+          Annotated[list[NumberOrNull], Len(min_length=1), AfterValidator(to_vector), Tag("vector")]],
+    Discriminator(matrix_or_vector, custom_error_type="matrix_or_vector_type",
                   custom_error_message="expected a list of numbers or a list of rows of numbers (null allowed)"),
 ]
 
@@ -77,8 +70,11 @@ class Submission(BaseModel):
     model_config = ConfigDict(extra="allow", json_schema_extra={
         "description": "The student's values keyed by the course's names: `cost` (a number), `AL`, `dW1..dWL`, "
                        "`db1..dbL`, `dZ1..dZL`, `dA0..dA{L}` (arrays in the request's layout, as /v1/gradients "
-                       "returns them). Any subset. Entries are finite numbers or null (a null entry grades the key "
-                       "`not_a_number`); ragged rows, strings, booleans, NaN or Infinity tokens are a 422."})
+                       "returns them: its response, fed back, scores full marks). At least one key, unless `points` "
+                       "lists the keys to grade. Entries are finite numbers or null: a null entry grades the key "
+                       "`not_a_number`, except where the reference itself is null (not representable in float64), "
+                       "where a null or any number is accepted. Ragged rows, strings, booleans, NaN or Infinity "
+                       "tokens are a 422."})
     __pydantic_extra__: dict[str, SubmittedArray] = Field(init=False)
 
     cost: NumberOrNull = Field(default=None, description="J, a number (null: `not_a_number`).")
@@ -98,19 +94,28 @@ _RULE = "an entry passes when |s - r| <= atol + rtol * |r| (numpy.isclose, r the
 # The body of POST /v1/grade.
 class GradeRequest(GradientRequest):
     submission: Optional[Submission] = Field(default=None, description="One student's values. Send this or `submissions`.")
-    submissions: Optional[list[Submission]] = Field(
+    submissions: Optional[Annotated[list[Submission], Len(min_length=1)]] = Field(
         default=None, description=f"The batch form: many students' values graded against one reference, computed "
-                                  f"once (at most {MAX_SUBMISSIONS}). Send this or `submission`.")
+                                  f"once (1 to {MAX_SUBMISSIONS} of them). Send this or `submission`. The batch is "
+                                  f"priced before any work: at most {MAX_KEY_RESULTS} graded keys in all, and the "
+                                  f"comparisons with the reference and with every hypothesis a wrong key may be "
+                                  f"tested against within a fixed budget (422 `limit_exceeded` otherwise).")
     rtol: Annotated[FiniteFloat, Field(ge=0)] = Field(default=grading.DEFAULT_RTOL, description=f"Relative tolerance, default 1e-5: {_RULE}.")
     atol: Annotated[FiniteFloat, Field(ge=0)] = Field(default=grading.DEFAULT_ATOL, description=f"Absolute tolerance, default 1e-8: {_RULE}.")
-    points: Optional[dict[str, Annotated[FiniteFloat, Field(ge=0)]]] = Field(
-        default=None, description="Points per key; these keys are graded and a key not submitted is `missing`. A key is "
-                                  "worth its points when `correct`, 0 otherwise. Default: every submitted key, 1 point "
-                                  "each. Submitted keys not listed are graded for information, worth 0.")
-    reveal: StrictBool = Field(default=False, description="Include the reference values (each key's `reference` and "
-                                                          "the worst entry's). Default false: no field of the response, "
-                                                          "messages included, carries a reference value (errors and "
-                                                          "fitted ratios are reported; they bound it).")
+    points: Optional[Annotated[dict[str, Annotated[FiniteFloat, Field(ge=0)]], Len(min_length=1)]] = Field(
+        default=None, description="Points per key (at least one key; leave `points` out for the default); these keys "
+                                  "are graded and a key not submitted is `missing`. A key is worth its points when "
+                                  "`correct`, 0 otherwise. Default: every submitted key, 1 point each. Submitted "
+                                  "keys not listed are graded for information, worth 0.")
+    reveal: StrictBool = Field(default=False, description="Include the reference: the top-level `reference` (every "
+                                                          "graded key, once per request) and each worst entry's value; "
+                                                          "errors exact. Default false: no number of the response, "
+                                                          "messages included, lets one rebuild a reference value: the "
+                                                          "errors and `difference` are rounded up to a power of ten "
+                                                          "and fitted ratios to two significant digits "
+                                                          "(`error_precision`). Whether a guess is `correct` is "
+                                                          "still an answer: a client that may send many guesses can "
+                                                          "search for a value, as with any autograder.")
     shape_policy: Literal["strict", "lenient"] = Field(
         default="strict", description="A shape that differs only by axes of length 1 (db as (n,) where (n, 1) was "
                                       "expected, or the reverse): `strict` grades it `shape_mismatch` (with the "
@@ -120,7 +125,7 @@ class GradeRequest(GradientRequest):
         default="native", description="`native`: this service's JSON. `gradescope`: a Gradescope results.json "
                                       "(`score`, `output`, `tests[]` with `name`, `score`, `max_score`, `status`, "
                                       "`output`, `visibility`), one per submission in the batch form.")
-    visibility: Literal["visible", "hidden", "after_due_date", "after_published"] = Field(
+    visibility: Literal[VISIBILITIES] = Field(  # type: ignore[valid-type]
         default="visible", description="Gradescope `visibility` of each test (with `format: gradescope`).")
     include_caches: NotUsed = Field(default=False, description="Not used by this route.")
 
@@ -136,29 +141,36 @@ def _key_list(L: int) -> str:
     return f"cost, AL, dW1..dW{L}, db1..db{L}, dZ1..dZ{L}, dA0..dA{L}"
 
 
+def _over(location: str, message: str) -> InvalidRequest:
+    return InvalidRequest([ErrorItem(location=location, type="limit_exceeded", message=message)],
+                          title="Request over the limits", slug="limit-exceeded")
+
+
 def prepare_grading(req: GradeRequest, limits: Limits) -> tuple[Prepared, list[dict[str, np.ndarray]]]:
-    """``prepare`` plus the submission checks: batch size, element count, key names. The arrays come back
-    features first (the (units, m) keys transposed under ``examples_first``)."""
+    """``prepare`` plus the submission checks: batch size, element count, key names, empty submissions, and the
+    price of the grading (graded keys, comparisons), all before any work. The arrays come back features first
+    (the (units, m) keys transposed under ``examples_first``)."""
     batch = req.submissions is not None
     subs = req.submissions if batch else [req.submission]
-    if batch and len(subs) > MAX_SUBMISSIONS:
-        raise InvalidRequest([ErrorItem(location="submissions", type="limit_exceeded",
-                                        message=f"the number of submissions is {len(subs)}, over this service's "
-                                                f"limit of {MAX_SUBMISSIONS}")],
-                             title="Request over the limits", slug="limit-exceeded")
+    where = "submissions" if batch else "submission"
+    if len(subs) > MAX_SUBMISSIONS:
+        raise _over(where, f"the number of submissions is {len(subs)}, over this service's limit of {MAX_SUBMISSIONS}")
     arrays = [s.arrays() for s in subs]
     elements = sum(a.size for sub in arrays for a in sub.values())
     if elements > limits.max_elements:
-        raise InvalidRequest([ErrorItem(location="submissions" if batch else "submission", type="limit_exceeded",
-                                        message=f"the submitted arrays hold {elements} numbers, over this service's "
-                                                f"limit of {limits.max_elements}")],
-                             title="Request over the limits", slug="limit-exceeded")
+        raise _over(where, f"the submitted arrays hold {elements} numbers, over this service's limit of "
+                           f"{limits.max_elements}")
     prep = prepare(req, limits)
     L = len(prep.layers)
     valid = set(grading.key_names(L))
     errors = []
     for i, sub in enumerate(arrays):
         base = f"submissions[{i}]" if batch else "submission"
+        if not sub and not req.points:
+            errors.append(ErrorItem(location=base, type="empty_submission",
+                                    message=f"the submission holds no key, so there is nothing to grade: send at least "
+                                            f"one of {_key_list(L)} (or list keys in `points` to grade them as "
+                                            f"missing)"))
         for key in sub:
             if key not in valid:
                 errors.append(ErrorItem(location=f"{base}.{key}", type="unknown_key",
@@ -171,13 +183,29 @@ def prepare_grading(req: GradeRequest, limits: Limits) -> tuple[Prepared, list[d
                                             f"{_key_list(L)}"))
     if errors:
         raise InvalidRequest(errors)
+    listed = set(req.points or ())
+    results = sum(len(listed | set(sub)) for sub in arrays)
+    if results > MAX_KEY_RESULTS:
+        raise _over(where, f"this request grades {results} keys in all (each submission's keys, `points` included), "
+                           f"over this service's limit of {MAX_KEY_RESULTS}: send the batch in smaller parts")
+    work = grading.grading_work(prep.layers, prep.dropout, ({k: a.size for k, a in sub.items()} for sub in arrays))
+    if work > MAX_GRADING_WORK:
+        raise _over(where, f"grading this request compares each submitted array with the reference and with up to "
+                           f"{grading.LOCAL_CANDIDATES + len(grading.hypotheses(prep.layers, prep.dropout))} "
+                           f"hypotheses of a mistake, priced at {work} numbers compared, over this service's limit of "
+                           f"{MAX_GRADING_WORK}: send fewer submissions per request, or fewer or smaller keys")
     if prep.examples_first:
         arrays = [{k: (a.T if a.ndim == 2 and grading.is_per_example(k) else a) for k, a in sub.items()}
                   for sub in arrays]
     return prep, arrays
 
 
-# --- grade: response --------------------------------------------------------------------------------------
+# --- response --------------------------------------------------------------------------------------------------
+
+_COARSE = ("; without `reveal` rounded up to a power of ten (an upper bound within a factor of ten; 0 stays 0), "
+           "exact with it")
+_OVERFLOW = " Null when it exceeds float64's range (a note says so) or when the values could not be compared."
+
 
 # The entry that breaks the tolerance rule the most.
 class WorstEntry(BaseModel):
@@ -193,29 +221,33 @@ class DiagnosisOut(BaseModel):
     layer: Optional[int] = Field(default=None, description="The layer where the mistake was made, when it is a layer's.")
     evidence: dict[str, Union[float, int, str]] = Field(
         description="The numbers behind it: `max_abs_error_under_hypothesis` (the submission against the value this "
-                    "mistake produces), `ratio` (least squares s ~ ratio * reference), `m`, `matches` ...")
+                    "mistake produces; without `reveal` rounded up to a power of ten), `ratio` (the hypothesis's "
+                    "factor, or least squares s ~ ratio * reference; a fitted one has two significant digits without "
+                    "`reveal`), `m`, `matches` ...")
     alternatives: list[str] = Field(default_factory=list, description="Other hypotheses that fit too (the reported one fits best).")
 
 
 # One graded key.
 class KeyResult(BaseModel):
     key: str
-    status: Literal[grading.STATUSES] = Field(description="`correct`, `incorrect`, `shape_mismatch`, `missing` or `not_a_number` (a null entry).")  # type: ignore[valid-type]
+    status: Literal[grading.STATUSES] = Field(description="`correct`, `incorrect`, `shape_mismatch`, `missing` or `not_a_number` (a null entry where the reference has a value).")  # type: ignore[valid-type]
     points: float = Field(description="What the key is worth.")
     earned: float = Field(description="`points` when correct, else 0.")
     shape: Optional[list[int]] = Field(default=None, description="The submitted shape (request's layout).")
     expected_shape: list[int] = Field(description="The reference's shape (request's layout).")
-    max_abs_error: Optional[float] = Field(default=None, description="max |s - r| over the graded entries.")
-    max_rel_error: Optional[float] = Field(default=None, description="max |s - r| / |r| over the entries with r != 0.")
-    difference: Optional[float] = Field(default=None, description="The course's gradient-check difference ||s - r|| / (||s|| + ||r||).")
+    max_abs_error: Optional[float] = Field(default=None, description="max |s - r| over the graded entries" + _COARSE + "." + _OVERFLOW)
+    max_rel_error: Optional[float] = Field(default=None, description="max |s - r| / |r| over the graded entries with r != 0" + _COARSE + "." + _OVERFLOW)
+    difference: Optional[float] = Field(default=None, description="The course's gradient-check difference ||s - r|| / (||s|| + ||r||)" + _COARSE + ".")
     wrong_entries: Optional[int] = Field(default=None, description="Entries outside the tolerance.")
-    entries: int = Field(description="Entries graded.")
+    entries: int = Field(description="Entries graded (reference entries that are null, not representable in float64, are not).")
     worst: Optional[WorstEntry] = Field(default=None, description="For an incorrect key: the entry furthest outside the tolerance.")
-    null_entries: int = Field(default=0, description="Null entries submitted.")
-    first_null: Optional[list[int]] = Field(default=None, description="Index of the first null entry.")
+    null_entries: int = Field(default=0, description="Null entries submitted where the reference has a value.")
+    first_null: Optional[list[int]] = Field(default=None, description="Index of the first of them.")
     diagnosis: Optional[DiagnosisOut] = Field(default=None, description="For a wrong key, when the numbers support one, and only then.")
-    notes: list[str] = Field(default_factory=list)
-    reference: Optional[Any] = Field(default=None, description="The reference value; only with `reveal`.")
+    notes: list[str] = Field(default_factory=list, description="Ungraded entries, entries accepted as `textbook_rounding` "
+                                                               "(the course's formula for cost and dA_L evaluated from "
+                                                               "the rounded A_L), shapes, errors beyond float64, "
+                                                               "hypotheses left untested by the budget.")
 
 
 # One mistake and every key it explains.
@@ -238,35 +270,36 @@ class GradeResult(BaseModel):
 class GradeResponse(BaseModel):
     tolerance: dict[str, float] = Field(description=f"`rtol` and `atol`: {_RULE}.")
     reveal: bool
+    error_precision: Literal["exact", "power_of_ten"] = Field(
+        description="`exact` with `reveal`; otherwise `power_of_ten`: each key's errors and difference are rounded up "
+                    "to a power of ten.")
     result: Optional[GradeResult] = Field(default=None, description="With `submission`.")
     results: Optional[list[GradeResult]] = Field(default=None, description="With `submissions`, in their order.")
-
-
-# One Gradescope test case.
-class GradescopeTest(BaseModel):
-    name: str
-    score: float
-    max_score: float
-    status: Literal["passed", "failed"]
-    output: str
-    visibility: str
-
-
-# A Gradescope results.json document.
-class GradescopeResults(BaseModel):
-    score: float
-    output: str
-    tests: list[GradescopeTest]
-
-
-# The body of a 200 from POST /v1/grade with format gradescope: the document, or {"results": [...]} in batch form.
-class GradescopeResponse(RootModel[Union[GradescopeResults, dict[str, list[GradescopeResults]]]]):
-    pass
+    reference: Optional[dict[str, Any]] = Field(
+        default=None, description="Only with `reveal`: the reference value of every key graded in this request, once "
+                                  "for the whole batch, in the request's layout (null entries: not representable).")
 
 
 # Any 200 body of POST /v1/grade.
 class GradeAnyResponse(RootModel[Union[GradeResponse, GradescopeResponse]]):
     pass
+
+
+def power_of_ten(x: float | None) -> float | None:
+    """The smallest power of ten >= x for x > 0 (float64's largest number beyond 1e308); 0 and None unchanged."""
+    if x is None or x == 0:
+        return x
+    k = math.ceil(math.log10(x))
+    while k < 309 and 10.0 ** k < x:
+        k += 1
+    while 10.0 ** (k - 1) >= x:
+        k -= 1
+    return 10.0 ** k if k <= 308 else float(np.finfo(np.float64).max)
+
+
+def two_digits(x: float) -> float:
+    """x to two significant digits."""
+    return float(f"{x:.2g}")
 
 
 def _flip(key: str, index: tuple[int, ...] | None, examples_first: bool) -> list[int] | None:
@@ -285,337 +318,66 @@ def _wire_array(key: str, a: np.ndarray, examples_first: bool) -> Any:
     return np.ascontiguousarray(a)
 
 
-def _key_result(kg: grading.KeyGrade, ref: grading.Reference, reveal: bool, ex_first: bool) -> dict:
-    R = ref.arrays[kg.key]
+def _evidence(d: grading.Diagnosis, exact: bool) -> dict[str, Any]:
+    if exact:
+        return dict(d.evidence)
+    out = {}
+    for name, value in d.evidence.items():
+        if name in d.fitted and isinstance(value, float):
+            value = two_digits(value) if name == "ratio" else power_of_ten(abs(value))
+        out[name] = value
+    return out
+
+
+def _key_result(kg: grading.KeyGrade, expected: tuple[int, ...], exact: bool, ex_first: bool) -> dict:
     c = kg.comparison
+    coarse = (lambda x: x) if exact else power_of_ten
     body: dict[str, Any] = {"key": kg.key, "status": kg.status, "points": kg.points, "earned": kg.earned,
-                            "expected_shape": _flip(kg.key, R.shape, ex_first) or [],
+                            "expected_shape": _flip(kg.key, expected, ex_first) or [],
                             "shape": None, "max_abs_error": None, "max_rel_error": None, "difference": None,
-                            "wrong_entries": None, "entries": int(R.size), "worst": None, "null_entries": 0,
+                            "wrong_entries": None, "entries": 0, "worst": None, "null_entries": 0,
                             "first_null": None, "diagnosis": None, "notes": list(kg.notes)}
     if c is not None:
-        body.update({"shape": _flip(kg.key, c.shape, ex_first) or [], "max_abs_error": c.max_abs_error,
-                     "max_rel_error": c.max_rel_error, "difference": c.difference, "wrong_entries": c.wrong_entries,
-                     "null_entries": c.null_entries, "first_null": _flip(kg.key, c.first_null, ex_first)})
-        if c.entries:
-            body["entries"] = c.entries
+        body.update({"shape": _flip(kg.key, c.shape, ex_first) or [], "max_abs_error": coarse(c.max_abs_error),
+                     "max_rel_error": coarse(c.max_rel_error), "difference": coarse(c.difference),
+                     "wrong_entries": c.wrong_entries, "null_entries": c.null_entries, "entries": c.entries,
+                     "first_null": _flip(kg.key, c.first_null, ex_first)})
         if c.worst_index is not None:
             body["worst"] = {"index": _flip(kg.key, c.worst_index, ex_first) or [], "submitted": c.worst_submitted,
-                             "reference": c.worst_reference if reveal else None}
+                             "reference": c.worst_reference if exact else None}
         if c.status == "shape_mismatch" and not c.reshaped:
-            body["notes"].append(f"{kg.key} is {_shape(body['shape'])} but {_shape(body['expected_shape'])} was expected")
+            body["notes"].append(f"{kg.key} is {shape_text(body['shape'])} but {shape_text(body['expected_shape'])} "
+                                 f"was expected")
     if kg.diagnosis is not None:
         d = kg.diagnosis
-        body["diagnosis"] = {"code": d.code, "message": d.message, "layer": d.layer, "evidence": d.evidence,
+        body["diagnosis"] = {"code": d.code, "message": d.message, "layer": d.layer, "evidence": _evidence(d, exact),
                              "alternatives": list(d.alternatives)}
-    if reveal:
-        body["reference"] = _wire_array(kg.key, R, ex_first)
     return body
 
 
-def _shape(dims: list[int]) -> str:
-    return "(" + ", ".join(str(d) for d in dims) + (",)" if len(dims) == 1 else ")")
-
-
-def _grade_result(g: grading.SubmissionGrade, ref: grading.Reference, reveal: bool, ex_first: bool) -> dict:
+def _grade_result(g: grading.SubmissionGrade, ref: grading.Reference, exact: bool, ex_first: bool) -> dict:
     return {"score": g.score, "max_score": g.max_score,
-            "keys": [_key_result(k, ref, reveal, ex_first) for k in g.keys],
+            "keys": [_key_result(k, ref.arrays[k.key].shape, exact, ex_first) for k in g.keys],
             "diagnoses": [{"code": d.code, "layer": d.layer, "message": d.message, "keys": keys} for d, keys in g.summary]}
-
-
-def _test_output(k: dict, tol: grading.Tolerance) -> str:
-    key, status = k["key"], k["status"]
-    if status == "correct":
-        text = f"{key}: correct (every entry within |s - r| <= {tol.atol:g} + {tol.rtol:g} |r|)"
-    elif status == "missing":
-        text = f"{key}: missing (not submitted)"
-    elif status == "not_a_number":
-        text = f"{key}: {k['null_entries']} null entries, the first at {k['first_null']}"
-    elif status == "shape_mismatch":
-        text = f"{key}: shape {_shape(k['shape'])}, expected {_shape(k['expected_shape'])}"
-    else:
-        w = k["worst"]
-        text = (f"{key}: incorrect: {k['wrong_entries']} of {k['entries']} entries outside |s - r| <= {tol.atol:g} + "
-                f"{tol.rtol:g} |r|; max abs error {k['max_abs_error']:.6g}, difference {k['difference']:.6g}; the worst "
-                f"entry is {w['index']}, where you have {w['submitted']!r}")
-        if w.get("reference") is not None:
-            text += f" and the reference is {w['reference']!r}"
-    if k.get("diagnosis"):
-        text += f"\nLikely mistake: {k['diagnosis']['message']}"
-    for note in k["notes"]:
-        if note not in text:
-            text += f"\nNote: {note}"
-    return text
-
-
-def _gradescope(result: dict, tol: grading.Tolerance, visibility: str) -> dict:
-    tests = [{"name": k["key"], "score": k["earned"], "max_score": k["points"],
-              "status": "passed" if k["status"] == "correct" else "failed",
-              "output": _test_output(k, tol), "visibility": visibility} for k in result["keys"]]
-    lines = [f"Score: {result['score']:g} / {result['max_score']:g}"]
-    lines += [f"Likely mistake ({', '.join(d['keys'])}): {d['message']}" for d in result["diagnoses"]]
-    return {"score": result["score"], "output": "\n".join(lines), "tests": tests}
 
 
 def grade_to_wire(grades: list[grading.SubmissionGrade], ref: grading.Reference, prep: Prepared,
                   req: GradeRequest) -> dict:
     """The engine's grades -> the response body in the requested format."""
-    results = [_grade_result(g, ref, req.reveal, prep.examples_first) for g in grades]
+    exact = req.reveal
+    results = [_grade_result(g, ref, exact, prep.examples_first) for g in grades]
     tol = grading.Tolerance(req.rtol, req.atol)
     if req.format == "gradescope":
-        docs = [_gradescope(r, tol, req.visibility) for r in results]
+        docs = [document(r, tol, req.visibility, exact) for r in results]
         return {"results": docs} if req.submissions is not None else docs[0]
-    body: dict[str, Any] = {"tolerance": {"rtol": req.rtol, "atol": req.atol}, "reveal": req.reveal}
+    body: dict[str, Any] = {"tolerance": {"rtol": req.rtol, "atol": req.atol}, "reveal": req.reveal,
+                            "error_precision": "exact" if exact else "power_of_ten"}
     if req.submissions is not None:
         body["results"] = results
     else:
         body["result"] = results[0]
+    if exact:
+        graded = {k.key for g in grades for k in g.keys}
+        body["reference"] = {k: _wire_array(k, ref.arrays[k], prep.examples_first)
+                             for k in grading.key_names(ref.L) if k in graded}
     return body
-
-
-# --- gradient check ---------------------------------------------------------------------------------------
-
-# The body of POST /v1/gradient-check.
-class GradientCheckRequest(GradientRequest):
-    epsilon: Annotated[FiniteFloat, Field(ge=1e-12, le=1e-2)] = Field(
-        default=gradcheck.DEFAULT_EPSILON, description="Step of the central differences, default 1e-7, in "
-                                                       "[1e-12, 1e-2], and large enough that theta + eps and "
-                                                       "theta - eps differ for every parameter entry theta.")
-    threshold: Annotated[FiniteFloat, Field(gt=0)] = Field(
-        default=gradcheck.DEFAULT_THRESHOLD, description="Pass when ||a - n|| / (||a|| + ||n||) <= threshold; "
-                                                         "default 2e-7, as the course uses.")
-    mode: Literal[gradcheck.MODES] = Field(  # type: ignore[valid-type]
-        default="full", description="`full`: every entry of every dW and db; `entries`: `samples` random entries; "
-                                    "`directions`: `samples` random unit directions over all the parameters (no "
-                                    "per-parameter metric). The sampled modes are for large networks.")
-    samples: Optional[Annotated[StrictInt, Field(ge=1)]] = Field(
-        default=None, description="Sample size, required with `entries` and `directions`.")
-    seed: Annotated[StrictInt, Field(ge=0)] = Field(default=0, description="Seed of the random sample.")
-    max_forward_passes: Annotated[StrictInt, Field(ge=1, le=HARD_MAX_FORWARD_PASSES)] = Field(
-        default=DEFAULT_MAX_FORWARD_PASSES,
-        description=f"Cap on the forward passes (1 + 2 per checked entry or direction), counted before running; default "
-                    f"{DEFAULT_MAX_FORWARD_PASSES}, at most {HARD_MAX_FORWARD_PASSES}. Independently, passes times the "
-                    f"work of one pass may not exceed GRADIENT_MAX_WORK.")
-    worst: Annotated[StrictInt, Field(ge=1, le=100)] = Field(default=5, description="How many worst entries to list.")
-    gradients: Optional[dict[str, MatrixOrVector]] = Field(
-        default=None, description="A submitted gradient to check instead of the service's own: every dW1..dWL "
-                                  "(n_l, n_(l-1)) and db1..dbL ((n_l, 1) or (n_l,)).")
-    include_caches: NotUsed = Field(default=False, description="Not used by this route.")
-
-    @field_validator("dropout", mode="before")
-    @classmethod
-    def _masks_needed(cls, value: Any) -> Any:
-        if isinstance(value, dict) and "masks" not in value:
-            raise PydanticCustomError(
-                "dropout_needs_masks",
-                "gradient checking needs the dropout masks: without fixed masks every forward pass draws new ones, so "
-                "J is a random function of the parameters and its central differences measure the noise, not the "
-                "gradient; send dropout.masks (D_1..D_(L-1)) to make J deterministic")
-        return value
-
-    @model_validator(mode="after")
-    def _samples_for_sampled_modes(self) -> "GradientCheckRequest":
-        if self.mode != "full" and self.samples is None:
-            raise PydanticCustomError("samples_missing", "mode {mode} needs `samples`", {"mode": self.mode})
-        return self
-
-
-def prepare_check(req: GradientCheckRequest, limits: Limits) -> tuple[Prepared, list | None, list | None]:
-    """``prepare``, the work caps (counted from shapes) and the submitted gradients (features first, b's shape)."""
-    prep = prepare(req, limits)
-    layers = prep.layers
-    floor = gradcheck.smallest_epsilon(layers)
-    if req.epsilon <= floor:
-        raise InvalidRequest([ErrorItem(location="epsilon", type="epsilon_too_small",
-                                        message=f"epsilon {req.epsilon:g} is too small for parameters this large: "
-                                                f"theta + eps would round to theta; use more than {floor:g}")])
-    planned = gradcheck.planned_passes(layers, req.mode, req.samples)
-    m = prep.X.shape[1]
-    per_pass = sum(layer.W.size * m for layer in layers)
-    errors = []
-    if planned > req.max_forward_passes:
-        hint = ("; use mode `entries` or `directions` with fewer samples" if req.mode == "full"
-                else "; lower `samples`")
-        errors.append(ErrorItem(location="max_forward_passes", type="limit_exceeded",
-                                message=f"this check needs {planned} forward passes (1 + 2 per {'direction' if req.mode == 'directions' else 'entry'}), "
-                                        f"over the cap of {req.max_forward_passes}{hint}"))
-    if planned * per_pass > limits.max_work:
-        errors.append(ErrorItem(location="body", type="limit_exceeded",
-                                message=f"the check's work, {planned} passes of {per_pass} multiply-adds, is over this "
-                                        f"service's limit of {limits.max_work}; use fewer samples"))
-    if errors:
-        raise InvalidRequest(errors, title="Request over the limits", slug="limit-exceeded")
-    if req.gradients is None:
-        return prep, None, None
-    L = len(layers)
-    want = [f"dW{l}" for l in range(1, L + 1)] + [f"db{l}" for l in range(1, L + 1)]
-    for key in req.gradients:
-        if key not in want:
-            errors.append(ErrorItem(location=f"gradients.{key}", type="unknown_key",
-                                    message=f"{key!r} is not a parameter gradient of this network: send dW1..dW{L} and db1..db{L}"))
-    dW, db = [], []
-    for l, layer in enumerate(layers, start=1):
-        for name, target, sink in ((f"dW{l}", layer.W.shape, dW), (f"db{l}", layer.b.shape, db)):
-            g = req.gradients.get(name)
-            if g is None:
-                errors.append(ErrorItem(location=f"gradients.{name}", type="missing",
-                                        message=f"{name} is missing: send every dW and db"))
-            elif g.shape != target and not (name.startswith("db") and g.shape == (target[0],)):
-                errors.append(ErrorItem(location=f"gradients.{name}", type="shape_mismatch",
-                                        message=f"{name} is {_shape(list(g.shape))}, but the parameter is {_shape(list(target))}"))
-            else:
-                sink.append(g.reshape(target))
-    if errors:
-        raise InvalidRequest(errors)
-    return prep, dW, db
-
-
-# One parameter's check.
-class ParameterCheckOut(BaseModel):
-    name: str = Field(description="The gradient, `dW1` .. `dbL`.")
-    entries_total: int
-    entries_checked: int
-    difference: Optional[float] = Field(description="||a - n|| / (||a|| + ||n||) over its checked entries; null when none was (or in `directions` mode).")
-    max_abs_error: Optional[float]
-    passed: Optional[bool] = Field(description="difference <= threshold.")
-    within_roundoff: Optional[bool] = Field(default=None, description="Every error is below `roundoff`: a failure "
-                                                                      "here is rounding, not a wrong gradient.")
-
-
-# One checked entry (or direction), worst first.
-class CheckedEntry(BaseModel):
-    parameter: Optional[str] = Field(default=None, description="`dW1` .. `dbL` (entry modes).")
-    index: Optional[list[int]] = Field(default=None, description="Index into the gradient, db in the shape b was sent.")
-    direction: Optional[int] = Field(default=None, description="The direction's number (`directions` mode).")
-    analytic: float
-    numeric: float
-    abs_error: float
-
-
-# The body of a 200 from POST /v1/gradient-check.
-class GradientCheckResponse(BaseModel):
-    passed: bool = Field(description="difference <= threshold.")
-    difference: float = Field(description="The course's metric over every checked entry (or direction).")
-    threshold: float
-    epsilon: float
-    mode: str
-    checked: Literal["service", "submission"] = Field(description="Whose analytic gradient was checked.")
-    parameters: list[ParameterCheckOut]
-    worst: list[CheckedEntry] = Field(description="The largest |analytic - numeric|, worst first.")
-    forward_passes: int = Field(description="Forward passes run (1 + 2 per entry or direction; a pass from layer l counts as one).")
-    max_forward_passes: int
-    sample_size: int = Field(description="Entries (or directions) checked.")
-    entries_total: int = Field(description="Entries of all dW and db.")
-    roundoff: float = Field(description="8 * machine epsilon * max(1, |J|) / epsilon: the absolute error rounding "
-                                        "alone leaves in a central difference.")
-    notes: list[str] = Field(default_factory=list)
-
-
-def check_to_wire(res: gradcheck.CheckResult, prep: Prepared, req: GradientCheckRequest) -> dict:
-    def index(entry: gradcheck.EntryCheck) -> list[int] | None:
-        if entry.index is None:
-            return None
-        if entry.parameter.startswith("db") and prep.b_is_vector[int(entry.parameter[2:]) - 1]:
-            return [entry.index[0]]
-        return list(entry.index)
-
-    notes = []
-    if prep.dropout is not None:
-        notes.append("dropout: the fixed masks make J a deterministic function of the parameters")
-    if res.mode == "directions":
-        notes.append("directions mode compares directional derivatives g . v; there is no per-parameter metric")
-    for p in res.parameters:
-        if p.passed is False and p.within_roundoff:
-            notes.append(f"{p.name} exceeds the threshold by rounding only: its largest error, {p.max_abs_error:.3g}, is "
-                         f"below the roundoff scale {res.roundoff:.3g} of central differences at this epsilon (its "
-                         f"gradient is small)")
-    return {
-        "passed": res.passed, "difference": res.difference, "threshold": res.threshold, "epsilon": res.epsilon,
-        "mode": res.mode, "checked": "service" if req.gradients is None else "submission",
-        "parameters": [vars(p) for p in res.parameters],
-        "worst": [{"parameter": e.parameter, "index": index(e), "direction": e.direction, "analytic": e.analytic,
-                   "numeric": e.numeric, "abs_error": e.abs_error} for e in res.worst],
-        "forward_passes": res.forward_passes, "max_forward_passes": req.max_forward_passes,
-        "sample_size": res.sample_size, "entries_total": res.entries_total, "roundoff": res.roundoff, "notes": notes,
-    }
-
-
-# --- explain ----------------------------------------------------------------------------------------------
-
-# The body of POST /v1/explain.
-class ExplainRequest(GradientRequest):
-    hidden_layer: Optional[Annotated[StrictInt, Field(ge=1)]] = Field(
-        default=None, description="The hidden layer l (1..L-1) whose rule dA_l = W_(l+1)^T dZ_(l+1) is shown; default L-1.")
-    examples_shown: Annotated[StrictInt, Field(ge=1, le=1000)] = Field(
-        default=16, description="Per-example arrays show the first this many examples (columns, or rows with examples_first).")
-    include_caches: NotUsed = Field(default=False, description="Not used by this route.")
-
-
-def prepare_explain(req: ExplainRequest, limits: Limits) -> Prepared:
-    prep = prepare(req, limits)
-    L = len(prep.layers)
-    if req.hidden_layer is not None and req.hidden_layer > L - 1:
-        raise InvalidRequest([ErrorItem(location="hidden_layer", type="out_of_range",
-                                        message=f"hidden_layer is {req.hidden_layer}, but this {L}-layer network has "
-                                                + (f"hidden layers 1..{L - 1}" if L > 1 else "no hidden layer"))])
-    return prep
-
-
-# One step of the story.
-class ExplainStep(BaseModel):
-    id: str = Field(description="`cost`, `dAL`, `activation_derivative`, `dZL_chain_rule`, `dZL_fused` or "
-                                "`no_simplification`, `stability`, `hidden_dA`, `hidden_dZ`, `why`.")
-    title: str
-    text: str = Field(description="A plain-text sentence.")
-    latex: str = Field(description="The formula in LaTeX.")
-    values: dict[str, Any] = Field(description="The numbers, named as in the formula; per-example arrays in the "
-                                               "request's layout, the first `examples_shown` examples; null where not representable.")
-    entries: Optional[list[list[int]]] = Field(default=None, description="In `stability`: the unstable entries' indices, in the request's layout.")
-
-
-# The body of a 200 from POST /v1/explain.
-class ExplainResponse(BaseModel):
-    cost: str
-    output_activation: str
-    canonical: bool = Field(description="Whether dZ_L = A_L - Y applies (the output activation matches the cost).")
-    layers: int
-    hidden_layer: int = Field(description="The layer of the hidden step (0: the network has none; the step is about dA0).")
-    intermediates: str
-    layout: str
-    m: int
-    examples_shown: int
-    unstable_count: int = Field(description="Entries where the textbook chain rule from A_L is infinite, NaN or inaccurate.")
-    steps: list[ExplainStep]
-    notes: list[str] = Field(default_factory=list)
-
-
-def explain_to_wire(story: explain_engine.Story, prep: Prepared, req: ExplainRequest) -> dict:
-    ex_first = prep.examples_first
-    m = prep.X.shape[1]
-    k = min(req.examples_shown, m)
-
-    def per_example(a: np.ndarray) -> np.ndarray:
-        a = a[..., :k]
-        if a.ndim == 2 and ex_first:
-            a = a.T
-        return np.ascontiguousarray(a)
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, np.ndarray):
-            return np.ascontiguousarray(np.where(np.isfinite(v), v, np.nan)) if v.dtype.kind == "f" else v
-        if isinstance(v, float) and not np.isfinite(v):
-            return None
-        return v
-
-    steps = []
-    for s in story.steps:
-        values = {name: per_example(v) if name in s.per_example else plain(v) for name, v in s.values.items()}
-        entries = None
-        if s.entries is not None:
-            entries = [[int(j), int(i)] if ex_first else [int(i), int(j)] for i, j in s.entries]
-        steps.append({"id": s.id, "title": s.title, "text": s.text, "latex": s.latex, "values": values,
-                      "entries": entries})
-    return {"cost": story.cost, "output_activation": story.output_activation, "canonical": story.canonical,
-            "layers": story.L, "hidden_layer": story.hidden_layer, "intermediates": story.intermediates,
-            "layout": req.layout, "m": m, "examples_shown": k, "unstable_count": story.unstable_count,
-            "steps": steps, "notes": story.notes}

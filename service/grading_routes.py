@@ -11,11 +11,10 @@ from pathlib import Path
 import orjson
 from flask import Blueprint, current_app
 
-from schemas.errors import ErrorItem, InvalidRequest
-from schemas.grading import (DEFAULT_MAX_FORWARD_PASSES, MAX_SUBMISSIONS, ExplainRequest, ExplainResponse,
-                             GradeAnyResponse, GradeRequest, GradientCheckRequest, GradientCheckResponse,
-                             check_to_wire, explain_to_wire, grade_to_wire, prepare_check, prepare_explain,
-                             prepare_grading)
+from schemas.explain import ExplainRequest, ExplainResponse, explain_to_wire, prepare_explain
+from schemas.gradient_check import (DEFAULT_MAX_FORWARD_PASSES, GradientCheckRequest, GradientCheckResponse,
+                                    check_to_wire, prepare_check)
+from schemas.grading import MAX_SUBMISSIONS, GradeAnyResponse, GradeRequest, grade_to_wire, prepare_grading
 from service import engine, metrics
 from service.engine import explain as explain_engine
 from service.engine import gradcheck, grading
@@ -71,8 +70,12 @@ EXPLAIN_EXAMPLES = {
                 "errors, the worst entry, the course's difference, points, and for a wrong key the mistake its numbers "
                 "point to (" + ", ".join(f"`{c}`" for c in grading.DIAGNOSES) + "), each with its evidence, only when "
                 "the submission matches that mistake within the tolerance. An entry passes when "
-                "|s - r| <= atol + rtol |r| (defaults rtol = 1e-5, atol = 1e-8). Without `reveal` no reference value "
-                "appears anywhere in the response. `format: gradescope` returns a Gradescope results.json as it is.",
+                "|s - r| <= atol + rtol |r| (defaults rtol = 1e-5, atol = 1e-8); null reference entries (not "
+                "representable) are not graded, and cost and dA_L also pass where they match the course's formula "
+                "evaluated from the rounded A_L. Without `reveal` no number of the response lets one rebuild a "
+                "reference value (errors are rounded up to powers of ten); with it the reference is sent once, as "
+                "`reference`. The batch is priced before any work (422 `limit_exceeded` over the limits). "
+                "`format: gradescope` returns a Gradescope results.json as it is.",
     request=GradeRequest, response=GradeAnyResponse, errors=(400, 413, 415, 422), tags=("grading",),
     response_description="`format: native`: `result` (or `results` in the batch form). `format: gradescope`: a "
                          "Gradescope results.json (or `{\"results\": [...]}`, one per submission).",
@@ -81,15 +84,15 @@ def grade():
     """Grade one submission or a batch against one reference."""
     req = parse_body(GradeRequest)
     limits = current_app.config["SETTINGS"].limits()
-    prep, submissions = prepare_grading(req, limits)
+    prep, submissions = prepare_grading(req, limits)  # priced before any work: 422 over the limits
     tol = grading.Tolerance(req.rtol, req.atol)
     with metrics.COMPUTE.time():
-        # The mistaken-backprop hypotheses may re-run at most one request's worth of work (GRADIENT_MAX_WORK).
+        # The mistaken-backprop hypotheses may re-run at most one request's worth of work (GRADIENT_MAX_WORK) and
+        # keep at most one pass's worth of numbers (GRADIENT_MAX_ACTIVATIONS); the rest are skipped with a note.
         ref = grading.build_reference(prep.X, prep.Y, prep.layers, req.cost, l2=req.l2, dropout=prep.dropout,
                                       intermediates=req.intermediates, db_as_vector=prep.b_is_vector,
-                                      variant_budget=limits.max_work)
-        grades = [grading.grade(ref, sub, tol, req.points, lenient_shapes=req.shape_policy == "lenient")
-                  for sub in submissions]
+                                      variant_work=limits.max_work, variant_elements=limits.max_activations)
+        grades = grading.grade_all(ref, submissions, tol, req.points, lenient_shapes=req.shape_policy == "lenient")
     return json_response(grade_to_wire(grades, ref, prep, req))
 
 
@@ -100,7 +103,8 @@ def grade():
                 "difference ||a - n|| / (||a|| + ||n||) overall and per parameter, the worst entries, and pass when it "
                 "is <= threshold (default 2e-7). `entries` and `directions` modes sample for large networks. The "
                 "forward passes are counted before running and capped (default " + str(DEFAULT_MAX_FORWARD_PASSES)
-                + "); dropout needs its masks, which make J deterministic.",
+                + "), and their price, fixed costs per layer included, must stay within GRADIENT_MAX_WORK; dropout "
+                "needs its masks, which make J deterministic.",
     request=GradientCheckRequest, response=GradientCheckResponse, errors=(400, 413, 415, 422),
     tags=("grading",), secured=True, examples=CHECK_EXAMPLES)
 def gradient_check():
@@ -111,13 +115,10 @@ def gradient_check():
         if dW is None:
             result = engine.compute(prep.X, prep.Y, prep.layers, req.cost, l2=req.l2, dropout=prep.dropout)
             dW, db = result.dW, result.db
-        try:
-            res = gradcheck.check(prep.X, prep.Y, prep.layers, req.cost, dW, db, l2=req.l2, dropout=prep.dropout,
-                                  epsilon=req.epsilon, threshold=req.threshold, mode=req.mode, samples=req.samples,
-                                  seed=req.seed, max_passes=req.max_forward_passes, worst=req.worst)
-        except gradcheck.TooManyPasses as exc:  # prepare_check counts the same; kept as the engine's own guard
-            raise InvalidRequest([ErrorItem(location="max_forward_passes", type="limit_exceeded", message=str(exc))],
-                                 title="Request over the limits", slug="limit-exceeded") from None
+        # prepare_check refused any request over its caps; the engine's TooManyPasses is only its own guard.
+        res = gradcheck.check(prep.X, prep.Y, prep.layers, req.cost, dW, db, l2=req.l2, dropout=prep.dropout,
+                              epsilon=req.epsilon, threshold=req.threshold, mode=req.mode, samples=req.samples,
+                              seed=req.seed, max_passes=req.max_forward_passes, worst=req.worst)
     return json_response(check_to_wire(res, prep, req))
 
 
@@ -128,7 +129,8 @@ def gradient_check():
                 "/v1/gradients returns): the cost; dA_L from the cost's formula; g'(Z_L); dZ_L = dA_L * g'(Z_L); for "
                 "the canonical pairs the fused dZ_L = A_L - Y with the largest difference, and the entries where the "
                 "textbook chain rule is infinite or inaccurate (A_L at 0 or 1); for other pairs why no simplification "
-                "applies; one hidden layer's dA = W^T dZ and dZ = dA * g'(Z); and why the two differ.",
+                "applies; one hidden layer's dA = W^T dZ and dZ = dA * g'(Z); and why the two differ. Arrays show "
+                "their first `units_shown` units and `examples_shown` examples, with their whole shapes.",
     request=ExplainRequest, response=ExplainResponse, errors=(400, 413, 415, 422), tags=("learning",),
     secured=True, examples=EXPLAIN_EXAMPLES)
 def explain():
@@ -137,5 +139,6 @@ def explain():
     prep = prepare_explain(req, current_app.config["SETTINGS"].limits())
     with metrics.COMPUTE.time():
         story = explain_engine.explain(prep.X, prep.Y, prep.layers, req.cost, l2=req.l2, dropout=prep.dropout,
-                                       intermediates=req.intermediates, hidden_layer=req.hidden_layer)
+                                       intermediates=req.intermediates, hidden_layer=req.hidden_layer,
+                                       jacobian_units=req.units_shown)
     return json_response(explain_to_wire(story, prep, req))

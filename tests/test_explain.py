@@ -7,16 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from service import create_app, grading_routes
+from service import grading_routes
 from service.engine import explain as explain_engine
-
-
-@pytest.fixture
-def app():
-    app = create_app()
-    if "grading" not in app.blueprints:
-        app.register_blueprint(grading_routes.bp)
-    return app
 
 
 def network(seed: int, cost: str, out: str, hidden: list[str], *, m=5, n_out=None) -> dict:
@@ -182,6 +174,67 @@ def test_hidden_layer_and_examples_shown_options(post):
     status, problem = post({**body, "hidden_layer": 4}, path="/v1/explain")
     assert status == 422 and problem["errors"][0]["location"] == "hidden_layer"
     assert "hidden layers 1..3" in problem["errors"][0]["message"]
+
+
+def test_a_wide_softmax_output_is_shown_in_blocks(client):
+    # The review's case: 4096 output units returned a 4096 x 4096 Jacobian (370 MB).
+    n, m = 4096, 3
+    rng = np.random.default_rng(0)
+    body = {"layers": [{"W": rng.normal(0, 1, (n, 2)).tolist(), "b": np.zeros(n).tolist(), "activation": "softmax"}],
+            "X": rng.normal(0, 1, (2, m)).tolist(), "Y": [0, 5, 4095], "cost": "categorical_cross_entropy"}
+    r = client.post("/v1/explain", json=body)
+    assert r.status_code == 200, r.json
+    assert len(r.data) < 100_000
+    story = r.json
+    assert story["units_shown"] == 16 and story["examples_shown"] == 3
+    s = steps_of(story)
+    jac = s["activation_derivative"]
+    assert np.array(jac["values"]["jacobian_example_0"]).shape == (16, 16)
+    assert jac["shapes"]["jacobian_example_0"] == {"total": [n, n], "shown": [16, 16]}
+    assert jac["shapes"]["Z1"] == {"total": [n, m], "shown": [16, m]}
+    assert s["dAL"]["shapes"] == {"A1": {"total": [n, m], "shown": [16, m]}, "Y": {"total": [n, m], "shown": [16, m]},
+                                  "dA1": {"total": [n, m], "shown": [16, m]}}
+    assert s["hidden_dA"]["shapes"]["W1"] == {"total": [n, 2], "shown": [16, 2]}
+    assert s["cost"]["shapes"]["loss"] == {"total": [m], "shown": [m]}
+    # the block is the top-left of the true Jacobian
+    a = np.array(s["dAL"]["values"]["A1"])[:, 0]
+    np.testing.assert_allclose(jac["values"]["jacobian_example_0"], np.diag(a) - np.outer(a, a), rtol=1e-15)
+
+
+def test_units_shown_and_examples_shown_cut_every_array(post):
+    body = network(6, "categorical_cross_entropy", "softmax", ["relu"], m=9, n_out=5)
+    body["layers"][0]["W"] = np.random.default_rng(1).normal(0, 1, (8, 3)).tolist()
+    body["layers"][0]["b"] = [[0.1]] * 8
+    body["layers"][1]["W"] = np.random.default_rng(2).normal(0, 1, (5, 8)).tolist()
+    status, full = post({**body, "include_caches": True})
+    ex = {**body, "layout": "examples_first", "X": np.array(body["X"]).T.tolist(), "Y": np.array(body["Y"]).T.tolist()}
+    status, story = post({**ex, "units_shown": 4, "examples_shown": 2}, path="/v1/explain")
+    assert status == 200, story
+    assert story["units_shown"] == 4 and story["examples_shown"] == 2
+    s = steps_of(story)
+    # examples_first: (m, units) arrays, cut to 2 examples (rows) and 4 units (columns)
+    assert s["hidden_dZ"]["values"]["dZ1"] == [row[:4] for row in np.array(full["gradients"]["dZ1"]).T.tolist()[:2]]
+    assert s["hidden_dZ"]["shapes"]["dZ1"] == {"total": [9, 8], "shown": [2, 4]}
+    assert s["hidden_dA"]["values"]["W2"] == [row[:4] for row in body["layers"][1]["W"][:4]]
+    assert s["hidden_dA"]["shapes"]["W2"] == {"total": [5, 8], "shown": [4, 4]}
+    assert s["activation_derivative"]["shapes"]["jacobian_example_0"] == {"total": [5, 5], "shown": [4, 4]}
+    status, problem = post({**body, "units_shown": 65}, path="/v1/explain")
+    assert status == 422 and problem["errors"][0]["location"] == "units_shown"
+
+
+def test_no_finite_chain_rule_entry_is_said_in_words(post):
+    # A_1 rounds to exactly 1 against the label 0: dA1 is null, so is the chain rule; the fused form is exact.
+    body = {"layers": [{"W": [[800.0]], "b": [[0.0]], "activation": "sigmoid"}], "X": [[1.0]], "Y": [[0]],
+            "cost": "binary_cross_entropy"}
+    status, story = post(body, path="/v1/explain")
+    assert status == 200, story
+    step = steps_of(story)["dZL_fused"]
+    assert step["values"]["max_abs_difference"] is None
+    assert "None" not in step["text"]
+    assert step["text"].endswith("Here the chain-rule form has no finite entry (the dA1 it starts from is beyond "
+                                 "float64 where A1 rounds to exactly 0 or 1 against its label), so there is nothing to "
+                                 "compare it with; A1 - Y stays exact.")
+    assert steps_of(story)["dZL_fused"]["values"]["dZ1"] == [[1.0]]
 
 
 def test_textbook_form_is_exact_away_from_saturation():

@@ -13,22 +13,13 @@ import numpy as np
 import orjson
 import pytest
 
+from schemas import grading as grading_schema
 from schemas.gradients import GradientRequest, prepare
 from schemas.limits import Limits
-from service import create_app, grading_routes
-from service.engine import forward, grading
+from service import grading_routes
+from service.engine import gradcheck, grading
 from service.engine.grading import Tolerance
-
-# --- fixtures: the app with the grading blueprint (until service/app.py registers it) -------------------------
-
-
-@pytest.fixture
-def app():
-    app = create_app()
-    if "grading" not in app.blueprints:
-        app.register_blueprint(grading_routes.bp)
-    return app
-
+from tests.oracle import random_case
 
 # --- random networks ----------------------------------------------------------------------------------------
 
@@ -323,17 +314,67 @@ def test_backprop_hypotheses_stay_within_the_work_budget():
     submission = student(body, "derivative_on_A", 1)
     full = reference(body)
     assert grading.grade(full, submission, Tolerance()).summary[0][0].code == "derivative_on_A"
-    # Re-running from layer 1 costs 2 * m * |W1| = 2 * 4 * 12 = 96 multiply-adds; a budget of 100 affords that one only.
+    # The hypotheses are priced as twice gradcheck.layer_cost per layer a pass goes through: the one at layer 1
+    # touches layer 1 only, every other one goes down from its layer to layer 1 (dW1 is wrong).
     req = GradientRequest.model_validate(body)
     prep = prepare(req, Limits())
-    tight = grading.build_reference(prep.X, prep.Y, prep.layers, req.cost, variant_budget=100)
+    one_layer = 2 * gradcheck.layer_cost(prep.layers[0], 4)
+    tight = grading.build_reference(prep.X, prep.Y, prep.layers, req.cost, variant_work=one_layer)
     graded = grading.grade(tight, submission, Tolerance())
-    assert len(tight.variants) == 1 and tight.skipped_variants > 0
+    assert [(v.code, v.layer) for v in tight.variants] == [("derivative_on_A", 1)]
+    assert tight.work_spent == one_layer and tight.skipped_variants == 3  # dAL at 3, derivative_on_A at 3 and 2
     assert graded.summary[0][0].code == "derivative_on_A"
-    zero = grading.build_reference(prep.X, prep.Y, prep.layers, req.cost, variant_budget=0)
+    zero = grading.build_reference(prep.X, prep.Y, prep.layers, req.cost, variant_work=0)
     graded = grading.grade(zero, submission, Tolerance())
     assert all(k.diagnosis is None for k in graded.keys)
-    assert any("not tested" in n for k in graded.keys for n in k.notes)
+    dZ1 = next(k for k in graded.keys if k.key == "dZ1")
+    assert dZ1.notes == ("4 backward-pass hypotheses that could explain dZ1 were not tested (derivative_on_A at "
+                         "layers 1-3; dAL_sent_as_dZL at layer 3): re-running backpropagation for them is over this "
+                         "request's diagnosis budget",)
+
+
+def _deep_width_one(m: int, L: int = 64, act: str = "tanh") -> grading.Reference:
+    """L layers of width 1 whose gradients neither vanish nor explode: tanh at its fixed point z = 0.5."""
+    rng = np.random.default_rng(0)
+    b = 0.5 - math.tanh(0.5)
+    body = {"layers": [{"W": [[1.0]], "b": [[b]], "activation": act} for _ in range(L - 1)]
+            + [{"W": [[1.0]], "b": [[0.0]], "activation": "sigmoid"}],
+            "X": (0.5 + 0.01 * rng.normal(size=(1, m))).tolist(), "Y": [[1.0] * m], "cost": "binary_cross_entropy"}
+    return body
+
+
+def test_hypotheses_run_only_for_wrong_keys_and_only_what_they_need():
+    body = _deep_width_one(m=2000)
+    ref = reference(body)
+    # A wrong cost (or AL): no backward pass can explain it, none is run and nothing is stored.
+    graded = grading.grade(ref, {"cost": np.array(0.0), "AL": ref.arrays["AL"] * 2}, Tolerance())
+    assert [k.status for k in graded.keys] == ["incorrect", "incorrect"]
+    assert ref.variants == [] and ref.skipped == [] and ref.work_spent == 0 and ref.elements_stored == 0
+    # A wrong dA60: only the mistakes at layers 61..64 touch it, each pass runs from its layer down to 60 only,
+    # and keeps dA60 alone.
+    wrong = ref.arrays["dA60"] * 1.5
+    grading.grade(ref, {"dA60": wrong}, Tolerance())
+    assert sorted((v.code, v.layer) for v in ref.variants) == [
+        ("dAL_sent_as_dZL", 64), ("derivative_on_A", 61), ("derivative_on_A", 62), ("derivative_on_A", 63),
+        ("derivative_on_A", 64)]
+    assert all(set(v.arrays) == {"dA60"} for v in ref.variants)
+    assert ref.elements_stored == 5 * 2000 and ref.skipped == []
+    layer = gradcheck.layer_cost(ref.layers[0], 2000)  # every layer is 1 x 1
+    assert ref.work_spent == 2 * layer * (5 + 5 + 4 + 3 + 2)
+
+
+def test_hypotheses_are_bounded_by_stored_numbers_too():
+    body = _deep_width_one(m=1000)
+    req = GradientRequest.model_validate(body)
+    prep = prepare(req, Limits())
+    ref = grading.build_reference(prep.X, prep.Y, prep.layers, req.cost, variant_elements=3 * 1000)
+    rng = np.random.default_rng(0)
+    submission = {k: v * (1 + 0.5 * rng.normal(size=v.shape)) for k, v in ref.arrays.items() if k in ("dZ1", "dA1", "dZ2")}
+    graded = grading.grade(ref, submission, Tolerance())
+    # Each pass would keep dZ1, dA1 and dZ2 (3000 numbers): the first one fits, every other one is skipped.
+    assert len(ref.variants) == 1 and ref.elements_stored == 3000 and ref.skipped_variants == len(ref.plan) - 1
+    assert [(k.status, k.diagnosis) for k in graded.keys] == [("incorrect", None)] * 3
+    assert all(any("were not tested" in n for n in k.notes) for k in graded.keys)
 
 
 def test_scaling_evidence_is_the_fitted_ratio():
@@ -363,14 +404,20 @@ def test_several_fitting_hypotheses_report_the_best_and_say_so():
     assert "also consistent with: layer_index_off_by_one" in kg.diagnosis.message
 
 
-def test_mistaken_backprop_without_a_mistake_is_the_reference():
-    body = network(5, "categorical_cross_entropy", "softmax", ["relu", "tanh"], keep_prob=0.8, l2=0.3)
+@pytest.mark.parametrize("intermediates", ["per_example", "mean"])
+def test_mistaken_backprop_without_a_mistake_is_the_reference(intermediates):
+    body = {**network(5, "categorical_cross_entropy", "softmax", ["relu", "tanh"], keep_prob=0.8, l2=0.3),
+            "intermediates": intermediates}
     ref = reference(body)
-    _, caches = forward(ref.X, ref.layers, ref.dropout)
-    again = grading.backprop_from(ref, caches, ref.L, ref.result.dZ[-1])
+    again = grading.backprop_from(ref, ref.L, ref.per_example("dZ", ref.L))
     for key, a in again.items():
         np.testing.assert_allclose(a, ref.arrays[key], rtol=1e-13, atol=1e-15)
     assert set(again) == {k for k in grading.key_names(ref.L) if k not in ("cost", "AL", f"dA{ref.L}")}
+    # from layer 3 down to layer 2 only: dA1 is the lowest dA with its dropout mask applied
+    part = grading.backprop_from(ref, ref.L, ref.per_example("dZ", ref.L), lowest=2)
+    assert set(part) == {"dZ2", "dW2", "db2", "dZ3", "dW3", "db3", "dA2"}
+    for key, a in part.items():
+        np.testing.assert_allclose(a, ref.arrays[key], rtol=1e-13, atol=1e-15)
 
 
 def test_tolerance_rule_at_the_boundary():
@@ -487,89 +534,350 @@ def test_http_points_missing_nulls_and_lenient_shapes(post):
     assert out["result"]["score"] == 4.5
 
 
+# --- the service's own output scores full marks -----------------------------------------------------------------
+
+def _fed_back(post, body: dict) -> tuple[dict, dict]:
+    """POST the body to /v1/gradients, then grade that response as the submission. -> (gradients, grade)."""
+    status, out = post(body)
+    assert status == 200, out
+    sub = {"cost": out["cost"], "AL": out["AL"], **out["gradients"]}
+    status, graded = post({**body, "submission": sub}, path="/v1/grade")
+    assert status == 200, graded
+    return out, graded["result"]
+
+
+def _full_marks(result: dict) -> None:
+    assert [(k["key"], k["status"]) for k in result["keys"] if k["status"] != "correct"] == []
+    assert result["score"] == result["max_score"] == len(result["keys"])
+    assert [k["key"] for k in result["keys"] if k["diagnosis"]] == [] and result["diagnoses"] == []
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_the_gradients_response_scores_full_marks_on_the_oracle_suite(post, seed):
+    # tests/oracle.py's generator: every pairing, depth, layout, convention, dropout, L2 and label format.
+    body = random_case(seed).request()
+    body.pop("include_caches", None)  # /v1/grade grades; it returns no caches
+    out, result = _fed_back(post, body)
+    _full_marks(result)
+    assert {k["key"] for k in result["keys"]} == set(grading.key_names(len(body["layers"])))
+
+
+SATURATED = {
+    # the review's case: A1 rounds to exactly 1 or 0 against two labels, dA1 is null there
+    "sigmoid_800": {"layers": [{"W": [[800.0]], "b": [[0.0]], "activation": "sigmoid"}], "X": [[1, -1, 1, -1]],
+                    "Y": [[0, 1, 1, 0]], "cost": "binary_cross_entropy"},
+    "softmax_800": {"layers": [{"W": [[800.0], [0.0]], "b": [[0.0], [0.0]], "activation": "softmax"}],
+                    "X": [[0.1, 1.0, -1.0]], "Y": [1, 1, 0], "cost": "categorical_cross_entropy"},
+    "sigmoid_800_mean_examples_first": {"layers": [{"W": [[800.0]], "b": [[0.0]], "activation": "sigmoid"}],
+                                        "X": [[1], [-1], [0.01]], "Y": [[0], [1], [1]], "cost": "binary_cross_entropy",
+                                        "layout": "examples_first", "intermediates": "mean"},
+}
+
+
+@pytest.mark.parametrize("name", list(SATURATED))
+def test_null_reference_entries_are_not_graded(post, name):
+    out, result = _fed_back(post, SATURATED[name])
+    _full_marks(result)
+    L = len(SATURATED[name]["layers"])
+    assert out["warnings"] and out["warnings"][0]["location"] == f"gradients.dA{L}"
+    dAL = next(k for k in result["keys"] if k["key"] == f"dA{L}")
+    count = out["warnings"][0]["count"]
+    assert dAL["null_entries"] == 0 and dAL["entries"] == len(out["AL"]) * len(out["AL"][0]) - count
+    assert dAL["notes"] == [f"{count} entries of dA{L} are not representable in float64 (the reference returns them "
+                            f"as null) and were not graded: a null or any number is accepted there"]
+    # a number there is accepted as well (a student who clips A_L gets a large finite value)
+    sub = {f"dA{L}": [[1e300 if v is None else v for v in row] for row in out["gradients"][f"dA{L}"]]}
+    status, graded = post({**SATURATED[name], "submission": sub}, path="/v1/grade")
+    assert graded["result"]["keys"][0]["status"] == "correct"
+    # a null where the reference has a value is still not_a_number
+    row = next(i for i, r in enumerate(out["gradients"][f"dA{L}"]) if any(v is not None for v in r))
+    col = next(j for j, v in enumerate(out["gradients"][f"dA{L}"][row]) if v is not None)
+    sub[f"dA{L}"][row][col] = None
+    status, graded = post({**SATURATED[name], "submission": sub}, path="/v1/grade")
+    k = graded["result"]["keys"][0]
+    assert (k["status"], k["null_entries"], k["first_null"]) == ("not_a_number", 1, [row, col])
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_saturated_random_networks_score_full_marks(post, seed):
+    pairing = [("sigmoid", "binary_cross_entropy"), ("softmax", "categorical_cross_entropy")][seed % 2]
+    body = random_case(500 + seed, pairing=pairing).request()
+    body.pop("include_caches", None)
+    last = body["layers"][-1]
+    last["W"] = (np.array(last["W"]) * 300).tolist()  # output logits in the hundreds: A_L rounds to 0 or 1
+    out, result = _fed_back(post, body)
+    _full_marks(result)
+
+
+# --- the course's own formulas where A_L saturates ---------------------------------------------------------------
+
+def _textbook(Z: np.ndarray, Y: np.ndarray, sigmoid) -> tuple[float, np.ndarray]:
+    A = sigmoid(Z)
+    J = float(-np.mean(Y * np.log(A) + (1 - Y) * np.log(1 - A)))
+    return J, -(Y / A - (1 - Y) / (1 - A))
+
+
+TEXTBOOK_BODY = {"layers": [{"W": [[1.0]], "b": [[0.0]], "activation": "sigmoid"}], "X": [[30.0, -30.0, 2.0]],
+                 "Y": [[0, 1, 1]], "cost": "binary_cross_entropy"}
+# The course's sigmoid and its other common float64 form; both land within 2 ulps of the exact A_L for z > 0.
+SIGMOIDS = {"1/(1+exp(-z))": lambda Z: 1 / (1 + np.exp(-Z)), "exp(z)/(1+exp(z))": lambda Z: np.exp(Z) / (1 + np.exp(Z))}
+
+
+@pytest.mark.parametrize("form", list(SIGMOIDS))
+def test_the_course_formulas_are_accepted_where_A_L_saturates(post, form):
+    Z, Y = np.array([[30.0, -30.0, 2.0]]), np.array([[0.0, 1.0, 1.0]])
+    J, dA = _textbook(Z, Y, SIGMOIDS[form])
+    status, out = post({**TEXTBOOK_BODY, "submission": {"cost": J, "dA1": dA.tolist()}, "reveal": True},
+                       path="/v1/grade")
+    assert status == 200, out
+    cost, dA1 = out["result"]["keys"]
+    assert (cost["status"], dA1["status"]) == ("correct", "correct") and out["result"]["diagnoses"] == []
+    for k in (cost, dA1):
+        # wrong against the exact value by more than the tolerance: accepted only as the textbook's rounding
+        if k["max_rel_error"] > 1e-5:
+            assert k["notes"] == [f"textbook_rounding: 1 entry of {k['key']} differs from the exact value but "
+                                  f"matches the course's formula evaluated in float64 from the rounded A_L (within "
+                                  f"3 ulps), which loses digits where A_L is this close to 0 or 1; accepted"]
+    assert dA1["max_rel_error"] > 1e-4
+    if form == "1/(1+exp(-z))":  # the review's numbers
+        assert cost["max_rel_error"] == pytest.approx(1.7e-5, rel=0.01)
+        assert dA1["max_rel_error"] == pytest.approx(1.02e-3, rel=0.01)
+
+
+def test_textbook_acceptance_is_as_narrow_as_the_rounding(post):
+    Z, Y = np.array([[30.0, -30.0, 2.0]]), np.array([[0.0, 1.0, 1.0]])
+    J, dA = _textbook(Z, Y, SIGMOIDS["1/(1+exp(-z))"])
+    ref = reference(TEXTBOOK_BODY)
+    lo, hi = ref.textbook_bounds("dA1")
+    # the interval is wide only where 1 - A_L has few digits (z = 30); elsewhere it is a few ulps
+    assert (hi[0, 0] - lo[0, 0]) / dA[0, 0] > 1e-3
+    assert np.all((hi[0, 1:] - lo[0, 1:]) / np.abs(dA[0, 1:]) < 1e-14)
+    for key, value, status in [
+            ("dA1", dA * [[1.01, 1, 1]], "incorrect"),  # 1% off at the saturated entry: beyond the rounding
+            ("dA1", dA * [[1, 1, 1.001]], "incorrect"),  # off where nothing saturates
+            ("cost", J + 1e-2, "incorrect"),  # the rounding moves J by ~1e-3 here (log(1 - A_L) of ~30 / m)
+            ("cost", J, "correct")]:
+        kg = grading.grade(ref, {key: np.asarray(value, dtype=float)}, Tolerance()).keys[0]
+        assert kg.status == status, (key, value)
+    # the mean convention's dA carries the 1/m: the course's formula divided by m is accepted
+    mean = reference({**TEXTBOOK_BODY, "intermediates": "mean"})
+    kg = grading.grade(mean, {"dA1": dA / 3}, Tolerance()).keys[0]
+    assert kg.status == "correct" and kg.comparison.textbook_entries == 1
+    assert grading.grade(mean, {"dA1": dA}, Tolerance()).keys[0].status == "incorrect"
+
+
+# --- errors beyond float64 -------------------------------------------------------------------------------------
+
+def test_errors_beyond_float64_are_null_with_a_note(post):
+    body = {"layers": [{"W": [[0.5]], "b": [[0.0]], "activation": "linear"}], "X": [[0.1]], "Y": [[0.0]],
+            "cost": "mean_squared_error"}  # dZ1 = 0.05, dW1 = 0.005
+    status, out = post({**body, "submission": {"dW1": [[1e308]]}, "reveal": True}, path="/v1/grade")
+    k = out["result"]["keys"][0]
+    # |s - r| is 1e308, |s - r| / |r| = 2e310 is beyond float64
+    assert (k["status"], k["max_abs_error"], k["max_rel_error"]) == ("incorrect", 1e308, None)
+    assert k["difference"] == pytest.approx(1.0)
+    assert k["notes"] == ["dW1: the largest absolute or relative error exceeds float64's range (a submitted entry "
+                          "near 1e308, or far from a reference entry near 0), so it is not reported"]
+    status, out = post({**body, "submission": {"dW1": [[1e308]]}}, path="/v1/grade")
+    assert out["result"]["keys"][0]["max_abs_error"] == 1e308  # rounded up to a power of ten: itself
+    # |s - r| itself overflows
+    c = grading.compare(np.array([[-1.5e308, 1.0]]), np.array([[1.5e308, 1.0]]), Tolerance())
+    assert (c.status, c.max_abs_error, c.max_rel_error, c.errors_overflow) == ("incorrect", None, None, True)
+    assert c.worst_index == (0, 0) and c.difference == pytest.approx(2 / (2 + 2 ** 0.5 * 1e-308 / 1.5), rel=1e-12)
+
+
+# --- what a batch may cost -----------------------------------------------------------------------------------------
+
+def test_a_batch_over_the_graded_keys_limit_is_refused_before_any_work(post, monkeypatch):
+    monkeypatch.setattr(grading, "build_reference", lambda *a, **k: pytest.fail("no work may start"))
+    body = _deep_width_one(m=4)
+    everything = {k: (np.zeros((1, 4)) if grading.is_per_example(k) else np.zeros((1, 1))).tolist()
+                  for k in grading.key_names(64) if k != "cost"}
+    status, problem = post({**body, "submissions": [everything] * 100}, path="/v1/grade")
+    assert status == 422 and problem["errors"] == [{
+        "location": "submissions", "type": "limit_exceeded",
+        "message": "this request grades 25800 keys in all (each submission's keys, `points` included), over this "
+                   "service's limit of 20000: send the batch in smaller parts"}]
+
+
+def test_a_batch_over_the_grading_work_is_refused_before_any_work(post, monkeypatch):
+    body = _deep_width_one(m=300)
+    ref = reference(body)
+    everything = {k: v.tolist() for k, v in ref.arrays.items() if k != "cost"}
+    one = grading.grading_work(ref.layers, None, [{k: v.size for k, v in ref.arrays.items() if k != "cost"}])
+    fits = grading_schema.MAX_GRADING_WORK // one
+    assert 1 < fits < 10  # 64 layers, every key, up to 74 hypotheses each: a handful of students per request
+    status, out = post({**body, "submissions": [everything] * fits}, path="/v1/grade")
+    assert status == 200 and len(out["results"]) == fits
+    monkeypatch.setattr(grading, "build_reference", lambda *a, **k: pytest.fail("no work may start"))
+    status, problem = post({**body, "submissions": [everything] * (fits + 1)}, path="/v1/grade")
+    assert status == 422
+    err = problem["errors"][0]
+    assert (err["location"], err["type"]) == ("submissions", "limit_exceeded")
+    assert f"priced at {(fits + 1) * one} numbers compared, over this service's limit of 150000000" in err["message"]
+    assert "with up to 74 hypotheses" in err["message"]
+
+
+def test_grading_work_counts_every_hypothesis_a_key_may_be_tested_against():
+    body = network(3, "binary_cross_entropy", "sigmoid", ["tanh", "relu"], keep_prob=0.5)
+    ref = reference(body)
+    plan = grading.hypotheses(ref.layers, ref.dropout)
+    # derivative_on_A at 3 (sigmoid) and 1 (tanh), relu'(0) at 2, dAL at 3, and per hidden layer 3 dropout passes
+    assert [(h.code, h.layer) for h in plan] == [
+        ("derivative_on_A", 3), ("dAL_sent_as_dZL", 3), ("relu_derivative_at_zero", 2), ("derivative_on_A", 1),
+        ("dropout_mask_not_applied", 2), ("dropout_mask_not_applied", 2), ("dropout_not_scaled", 2),
+        ("dropout_mask_not_applied", 1), ("dropout_mask_not_applied", 1), ("dropout_not_scaled", 1)]
+    assert grading.candidate_count("cost", plan) == grading.LOCAL_CANDIDATES
+    assert grading.candidate_count("dA3", plan) == grading.LOCAL_CANDIDATES
+    assert grading.candidate_count("dA2", plan) == grading.LOCAL_CANDIDATES + 2 + 3
+    assert grading.candidate_count("dW1", plan) == grading.LOCAL_CANDIDATES + len(plan)
+    size = ref.arrays["dW1"].size
+    assert grading.grading_work(ref.layers, ref.dropout, [{"dW1": size}, {"dW1": size, "cost": 1}]) == \
+        2 * (1 + grading.LOCAL_CANDIDATES + len(plan)) * (size + grading.CANDIDATE_OVERHEAD) + \
+        (1 + grading.LOCAL_CANDIDATES) * (1 + grading.CANDIDATE_OVERHEAD)
+
+
 # --- the reveal rule --------------------------------------------------------------------------------------------
 
-_NUMBER = re.compile(r"-?\d+\.\d+(?:[eE][-+]?\d+)?|-?\d+[eE][-+]?\d+")
+# Every number written in a response, in JSON or inside a message: JSON floats always carry '.' or an exponent.
+_NUMBER = re.compile(r"-?(?:\d+\.\d*|\.\d+|\d+(?=[eE]))(?:[eE][-+]?\d+)?")
+FORMATS = ("{!r}", "{:.6g}", "{:.4g}", "{:.3g}")
 
 
-def _numbers(node, floats: list, strings: list) -> None:
-    if isinstance(node, dict):
-        for v in node.values():
-            _numbers(v, floats, strings)
-    elif isinstance(node, list):
-        for v in node:
-            _numbers(v, floats, strings)
-    elif isinstance(node, float):
-        floats.append(node)
-    elif isinstance(node, str):
-        strings.extend(_NUMBER.findall(node))
+def _significant(token: str) -> int:
+    """Significant digits written in a number token: '0.0123' -> 3, '1e-05' -> 1, '10.0' -> 1."""
+    mantissa = re.split(r"[eE]", token)[0].lstrip("-").replace(".", "")
+    return len(mantissa.strip("0"))
 
 
-def _reference_values(post, body) -> np.ndarray:
+def _reference_numbers(post, body) -> np.ndarray:
+    """Every reference value of the network (the /v1/gradients response), as |value|, with the integers (which a
+    count or an index can equal) left out."""
     out = _gradients(post, body)
     values = [out["cost"]] + [x for row in out["AL"] for x in row]
     for v in out["gradients"].values():
         values += [x for row in v for x in (row if isinstance(row, list) else [row])]
-    values = np.array([v for v in values if v is not None])
-    return values[(np.abs(values) > 1e-12) & (values != np.round(values))]  # integers say nothing
+    values = np.abs(np.array([v for v in values if v is not None]))
+    return values[(values > 0) & (values != np.round(values))]
 
 
-def _leaks(response, refs: np.ndarray) -> list:
-    floats, strings = [], []
-    _numbers(response, floats, strings)
-    found = [f for f in floats if np.any(np.isclose(refs, f, rtol=1e-9, atol=0))]
-    for token in strings:
-        digits = len(re.sub(r"[^0-9]", "", token.split("e")[0].split("E")[0]).lstrip("0"))
-        if digits >= 4:
-            v = float(token)
-            if np.any(np.isclose(refs, v, rtol=10.0 ** (1 - digits), atol=0)):
-                found.append(token)
-    return found
+def _leaks(response, refs: np.ndarray) -> list[str]:
+    """The number tokens of ``response`` (its whole JSON text) that write a reference value: a token with d >= 2
+    significant digits that equals some reference rounded to d digits (repr, %.6g, %.4g, %.3g, ... alike), or that
+    is one of the formats below verbatim. Tokens of one digit (powers of ten, 0.3) cannot pin a value to better than
+    one significant digit, the rule's bar."""
+    text = orjson.dumps(response).decode()
+    tokens = set(_NUMBER.findall(text))
+    found = []
+    for token in tokens:
+        d = _significant(token)
+        if d < 2:
+            continue
+        v = abs(float(token))
+        rounded = np.array([float(f"{r:.{d}g}") for r in refs]) if d <= 17 else refs
+        if np.any(rounded == v):
+            found.append(token)
+    verbatim = {fmt.format(r) for r in refs for fmt in FORMATS}
+    found += [t for t in verbatim if _significant(t) >= 2 and re.search(rf"(?<![\d.]){re.escape(t)}(?![\d])", text)]
+    return sorted(set(found))
 
 
-def _leaky_submission(body, rng) -> dict:
-    """Every kind of wrong key: noise, a scaling, a transposed noisy array, nulls, a correct key."""
-    grads = student(body)
-    sub = {}
-    for i, (key, v) in enumerate(grads.items()):
-        if i % 4 == 0:
-            sub[key] = v * (1 + rng.normal(0, 0.1, v.shape))
-        elif i % 4 == 1:
-            sub[key] = v * 3.0
-        elif i % 4 == 2 and v.ndim == 2:
-            sub[key] = (v + rng.normal(0, 0.1, v.shape)).T
-        else:
-            sub[key] = v
-    wired = _wire(sub)
-    wired["dW1"][0][0] = None
-    return wired
+def _four_submissions(post, body) -> dict[str, dict]:
+    """Zeros, the exact reference (the /v1/gradients response), the reference * (1 + 1e-3), and random noise."""
+    out = _gradients(post, body)
+    exact = {"cost": out["cost"], "AL": out["AL"], **out["gradients"]}
+    rng = np.random.default_rng(5)
+
+    def each(f):
+        return {k: (f(np.nan_to_num(np.array(v, dtype=float))).tolist() if k != "cost" else float(f(np.array(v))))
+                for k, v in exact.items()}
+
+    return {"zeros": each(np.zeros_like), "exact": exact, "relative_1e-3": each(lambda a: a * (1 + 1e-3)),
+            "noise": each(lambda a: a + rng.normal(0, 0.1, a.shape) * (1 + np.abs(a)))}
 
 
-@pytest.mark.parametrize("fmt", ["native", "gradescope"])
-def test_reveal_false_leaks_no_reference_value(post, fmt):
-    body = network(21, "binary_cross_entropy", "sigmoid", ["tanh", "sigmoid"], m=4, l2=0.3)
-    refs = _reference_values(post, body)
-    rng = np.random.default_rng(0)
-    subs = [_leaky_submission(body, rng) for _ in range(3)] + [_wire(student(body, "derivative_on_A", 1))]
-    status, out = post({**body, "submissions": subs, "format": fmt}, path="/v1/grade")
-    assert status == 200, out
-    assert _leaks(out, refs) == []
-    status, single = post({**body, "submission": subs[0], "format": fmt}, path="/v1/grade")
-    assert status == 200 and _leaks(single, refs) == []
-    # the search does find them once revealed
-    status, revealed = post({**body, "submission": subs[0], "format": fmt, "reveal": True}, path="/v1/grade")
-    assert status == 200 and len(_leaks(revealed, refs)) > 0
+REVEAL_BODIES = {
+    "bce_l2": network(21, "binary_cross_entropy", "sigmoid", ["tanh", "sigmoid"], m=4, l2=0.3),
+    "cce": network(22, "categorical_cross_entropy", "softmax", ["relu"], m=3),
+    "mse_mean": {**network(23, "mean_squared_error", "tanh", ["leaky_relu"], m=5), "intermediates": "mean"},
+}
 
 
-def test_reveal_true_returns_the_reference(post):
+@pytest.mark.parametrize("name", list(REVEAL_BODIES))
+def test_reveal_false_leaks_no_reference_value(post, name):
+    body = REVEAL_BODIES[name]
+    refs = _reference_numbers(post, body)
+    subs = _four_submissions(post, body)
+    for fmt in ("native", "gradescope"):
+        status, batch = post({**body, "submissions": list(subs.values()), "format": fmt}, path="/v1/grade")
+        assert status == 200, batch
+        assert _leaks(batch, refs) == [], fmt
+        for kind, sub in subs.items():
+            status, single = post({**body, "submission": sub, "format": fmt}, path="/v1/grade")
+            assert status == 200 and _leaks(single, refs) == [], (fmt, kind)
+        # the same search finds them once revealed
+        status, revealed = post({**body, "submission": subs["noise"], "format": fmt, "reveal": True}, path="/v1/grade")
+        assert status == 200 and len(_leaks(revealed, refs)) > 5, fmt
+
+
+def test_reveal_false_errors_are_powers_of_ten_that_bound_the_exact_ones(post):
+    body = REVEAL_BODIES["bce_l2"]
+    subs = _four_submissions(post, body)
+    for kind in ("zeros", "relative_1e-3", "noise"):
+        status, coarse = post({**body, "submission": subs[kind]}, path="/v1/grade")
+        status, exact = post({**body, "submission": subs[kind], "reveal": True}, path="/v1/grade")
+        assert coarse["error_precision"] == "power_of_ten" and exact["error_precision"] == "exact"
+        for c, e in zip(coarse["result"]["keys"], exact["result"]["keys"]):
+            assert c["key"] == e["key"] and c["status"] == e["status"]
+            for field in ("max_abs_error", "max_rel_error", "difference"):
+                x, true = c[field], e[field]
+                if true is None or true == 0:
+                    assert x == true
+                    continue
+                assert math.log10(x) == round(math.log10(x)), (kind, c["key"], field, x)  # a power of ten
+                assert x / 10 < true <= x, (kind, c["key"], field, x, true)  # the least one above the exact error
+            if c["diagnosis"]:  # fitted evidence: ratios to two digits, errors to powers of ten
+                ev, exact_ev = c["diagnosis"]["evidence"], e["diagnosis"]["evidence"]
+                assert ev["max_abs_error_under_hypothesis"] >= exact_ev["max_abs_error_under_hypothesis"]
+                if "ratio" in ev:
+                    assert ev["ratio"] == float(f"{exact_ev['ratio']:.2g}")
+
+
+def test_reveal_false_one_number_cannot_be_rebuilt_from_its_errors(post):
+    # One-entry keys are where exact errors gave it away: J = s +- max_abs_error, and |J| = max_abs / max_rel.
+    body = REVEAL_BODIES["cce"]
+    J = _gradients(post, body)["cost"]
+    assert J == pytest.approx(0.4254, abs=1e-4)  # far from a power of ten, which its order of magnitude would hit
+    for s in (0.0, J * 0.7, J * 1.8, -3.0, 40.0):  # guesses that do not already hold J's first digits
+        status, out = post({**body, "submission": {"cost": s}}, path="/v1/grade")
+        k = out["result"]["keys"][0]
+        abs_err, rel_err = k["max_abs_error"], k["max_rel_error"]
+        candidates = [s + abs_err, s - abs_err, abs_err / rel_err, s / (1 + rel_err)]
+        if rel_err != 1:
+            candidates.append(s / (1 - rel_err))
+        # none of them is J to two significant digits (the rule's bar is one)
+        assert all(float(f"{c:.2g}") != float(f"{J:.2g}") for c in candidates), (s, candidates, J)
+        assert abs_err >= abs(s - J) > abs_err / 10
+
+
+def test_reveal_true_returns_the_reference_once(post):
     body = network(22, "mean_squared_error", "linear", ["relu"], m=3)
     grads = _gradients(post, body)["gradients"]
     sub = {"dW1": (np.array(grads["dW1"]) + 1).tolist()}
-    status, out = post({**body, "submission": sub, "reveal": True}, path="/v1/grade")
+    status, out = post({**body, "submission": sub, "reveal": True, "points": {"dW1": 1, "db2": 1}}, path="/v1/grade")
+    assert status == 200
+    assert out["reference"] == {"dW1": grads["dW1"], "db2": grads["db2"]}  # graded keys only, missing ones included
     kg = out["result"]["keys"][0]
-    assert kg["reference"] == grads["dW1"]
+    assert "reference" not in kg and kg["max_abs_error"] == 1.0
     i, j = kg["worst"]["index"]
     assert kg["worst"]["reference"] == grads["dW1"][i][j]
+    # the batch form carries it once too, however many submissions
+    subs = [{"dW1": (np.array(grads["dW1"]) + t).tolist()} for t in range(20)]
+    status, batch = post({**body, "submissions": subs, "reveal": True}, path="/v1/grade")
+    assert status == 200 and batch["reference"] == {"dW1": grads["dW1"]}
+    assert all("reference" not in k for r in batch["results"] for k in r["keys"])
+    status, hidden = post({**body, "submissions": subs}, path="/v1/grade")
+    assert "reference" not in hidden
 
 
 # --- batch and Gradescope ----------------------------------------------------------------------------------------
@@ -659,14 +967,18 @@ def _post_raw(client, text: str):
     ('"submissions": [{"dW1": [[0.1, 0.2]]}, {"dW1": [[0.1, 0.2]]}, {"dW1": [[0.1], [0.2, 0.3]]}]',
      "submissions[2].dW1", "ragged_matrix"),
     ('"submission": {"dW7": [[0.1, 0.2]]}', "submission.dW7", "unknown_key"),
-    ('"submissions": [{}, {"dZ0": [[1.0]]}]', "submissions[1].dZ0", "unknown_key"),
+    ('"submissions": [{"cost": 1.0}, {"dZ0": [[1.0]]}]', "submissions[1].dZ0", "unknown_key"),
     ('"submission": {}, "points": {"db9": 1}', "points.db9", "unknown_key"),
     ('"submission": {}, "points": {"db1": -1}', "points.db1", "greater_than_equal"),
-    ('"submission": {}, "submissions": []', "body", "submission_form"),
+    ('"submission": {}, "submissions": [{}]', "body", "submission_form"),
     ('"rtol": 0.1', "body", "submission_form"),
     ('"submission": {}, "rtol": -1', "rtol", "greater_than_equal"),
     ('"submission": {}, "reveal": "yes"', "reveal", "bool_type"),
     ('"submission": {}, "format": "csv"', "format", "literal_error"),
+    ('"submission": {}', "submission", "empty_submission"),
+    ('"submissions": [{"cost": 1.0}, {}]', "submissions[1]", "empty_submission"),
+    ('"submissions": []', "submissions", "too_short"),
+    ('"submission": {"cost": 1.0}, "points": {}', "points", "too_short"),
 ])
 def test_bad_submissions_are_located_422s(client, fragment, location, kind):
     text = orjson.dumps(SMALL).decode()[:-1] + ", " + fragment + "}"
@@ -675,6 +987,16 @@ def test_bad_submissions_are_located_422s(client, fragment, location, kind):
     assert problem["errors"][0]["location"] == location, problem
     assert problem["errors"][0]["type"] == kind
     assert problem["errors"][0]["message"]
+
+
+def test_empty_submissions_are_graded_when_points_name_the_keys(post):
+    # With `points` an empty submission is a student who sent nothing: every listed key is missing.
+    status, out = post({**SMALL, "submissions": [{}, {"cost": 0.5}], "points": {"cost": 2, "dW1": 1}},
+                       path="/v1/grade")
+    assert status == 200, out
+    assert [[(k["key"], k["status"]) for k in r["keys"]] for r in out["results"]] == [
+        [("cost", "missing"), ("dW1", "missing")], [("cost", "incorrect"), ("dW1", "missing")]]
+    assert [(r["score"], r["max_score"]) for r in out["results"]] == [(0.0, 3.0), (0.0, 3.0)]
 
 
 def test_batch_size_is_capped(post):

@@ -60,7 +60,8 @@ DERIVATIVE_LATEX = {
 class Step:
     """One step: ``values`` maps a name to a number, an array or None; the names in ``per_example`` are
     (units, m) or (m,) arrays (one column per example); ``entries`` is a (k, 2) array of [unit, example]
-    indices, or None."""
+    indices, or None. ``full_shapes``: the whole shape of a value of which only a block was computed (the
+    softmax Jacobian)."""
 
     id: str
     title: str
@@ -69,6 +70,7 @@ class Step:
     values: dict[str, Array | float | int | None]
     per_example: frozenset[str] = frozenset()
     entries: Array | None = None
+    full_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -123,9 +125,11 @@ def _unstable_reason(cost: str, AL: Array, Y: Array, k: int, i: int) -> str:
 
 
 def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0.0, dropout: Dropout | None = None,
-            intermediates: str = "per_example", hidden_layer: int | None = None) -> Story:
+            intermediates: str = "per_example", hidden_layer: int | None = None,
+            jacobian_units: int = 16) -> Story:
     """The last layer's story for X (n_0, m), Y (n_L, m). ``hidden_layer``: 1..L-1, default L-1 (ignored for
-    L = 1). Raises NumericalOverflow as ``compute`` does."""
+    L = 1). ``jacobian_units``: the softmax Jacobian is formed for the first this many units only (its whole
+    (n_L, n_L) would be 134 MB for 4096 units). Raises NumericalOverflow as ``compute`` does."""
     r: Result = compute(X, Y, layers, cost, l2=l2, dropout=dropout, intermediates=intermediates)
     unit = costs.get(cost)
     L, m = len(layers), X.shape[1]
@@ -163,13 +167,16 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
             DERIVATIVE_LATEX.get(out_name, act.derivative_formula),
             {f"Z{L}": ZL, f"g_prime_Z{L}": g_prime}, frozenset({f"Z{L}", f"g_prime_Z{L}"})))
     else:
-        a0 = AL[:, 0]
+        n_L = AL.shape[0]
+        a0 = AL[:jacobian_units, 0]  # the Jacobian's top-left block: rows and columns of the first units
         steps.append(Step(
             "activation_derivative", f"The softmax Jacobian at Z{L}",
             "Softmax couples the units of one example: its Jacobian is diag(a) - a a^T, not diagonal, so the chain "
-            "rule is a vector-Jacobian product per example. The Jacobian of the first example is shown.",
+            "rule is a vector-Jacobian product per example. The Jacobian of the first example is shown (its "
+            "top-left block when the output has more units than shown).",
             DERIVATIVE_LATEX["softmax"],
-            {f"Z{L}": ZL, "jacobian_example_0": np.diag(a0) - np.outer(a0, a0)}, frozenset({f"Z{L}"})))
+            {f"Z{L}": ZL, "jacobian_example_0": np.diag(a0) - np.outer(a0, a0)}, frozenset({f"Z{L}"}),
+            full_shapes={"jacobian_example_0": (n_L, n_L)}))
 
     with np.errstate(over="ignore", invalid="ignore"):
         chain = act.backward(dAL, ZL, r.A[-1], layers[-1].negative_slope)
@@ -186,11 +193,17 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
     if canonical:
         finite = ~np.isnan(chain)
         largest = float(np.max(np.abs(chain[finite] - dZL[finite]))) if finite.any() else None
+        if largest is None:
+            compared = (f" Here the chain-rule form has no finite entry (the dA{L} it starts from is beyond float64 "
+                        f"where A{L} rounds to exactly 0 or 1 against its label), so there is nothing to compare it "
+                        f"with; A{L} - Y stays exact.")
+        else:
+            compared = (f" The largest difference from the chain-rule form over its finite entries is {largest!r} "
+                        f"(rounding only).")
         steps.append(Step(
             "dZL_fused", f"The simplified form dZ{L} = A{L} - Y",
             f"{out_name} is the canonical output of {cost}: the factors of dA{L} cancel those of g'(Z{L}) "
-            f"exactly, leaving dZ{L} = A{L} - Y{pre_words}. This is what the service returns. The largest difference "
-            f"from the chain-rule form over its finite entries is {largest!r} (rounding only).",
+            f"exactly, leaving dZ{L} = A{L} - Y{pre_words}. This is what the service returns." + compared,
             rf"dZ^{{[L]}} = {pre}\left(A^{{[L]}} - Y\right)", {f"dZ{L}": dZL, "max_abs_difference": largest},
             frozenset({f"dZ{L}"})))
         scale = 1.0 / m if intermediates == "mean" else 1.0

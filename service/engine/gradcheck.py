@@ -22,6 +22,15 @@ Modes: ``full`` checks every entry; ``entries`` a random subset of ``samples`` e
 ``samples`` random unit directions v over all the parameters at once, comparing the directional derivative
 g . v with (J(theta + eps v) - J(theta - eps v)) / (2 eps). Every mode counts its forward passes before running
 (``planned_passes``: one for the base pass plus two per entry or direction) and refuses to exceed ``max_passes``.
+
+``plan`` also prices a check before it runs, in multiply-add equivalents, so that a caller can hold it to a budget.
+A layer evaluation costs more than its n_l n_(l-1) m multiply-adds: W streams from memory once per pass (which
+dominates when m is small), every activation entry goes through the activation (an exp for sigmoid and tanh), and
+each numpy call carries a fixed overhead (~10 us) that dominates for narrow layers: 64 layers of width 1 are 64
+evaluations of ~10 us, not 64 multiply-adds. The constants below were measured on a 2-core Xeon, where dense
+products run at 3e9 to 6e10 multiply-adds per second, and are expressed at a nominal 1e10 per second (rounded up).
+Held to GRADIENT_MAX_WORK's default of 4e9, the costliest accepted checks measured there (64 one-unit layers in
+every mode, 2000 x 2000 with m = 1, [500, 500, 500, 1] with m = 1000, 20 layers with m = 5000) each ran in under 0.5 s.
 """
 
 from __future__ import annotations
@@ -39,6 +48,13 @@ MODES = ("full", "entries", "directions")
 DEFAULT_EPSILON = 1e-7
 DEFAULT_THRESHOLD = 2e-7
 
+# The price of one layer evaluation of a pass, in multiply-add equivalents (see the module docstring):
+#     n_l n_(l-1) (m + WEIGHT_READ) + ELEMENTWISE n_l m + LAYER_OVERHEAD
+WEIGHT_READ = 16  # per weight entry: W read from memory once per evaluation (~1.6 ns per entry when m is small)
+ELEMENTWISE = 200  # per activation entry: bias, activation, dropout mask, cost (sigmoid: ~16 ns per entry)
+LAYER_OVERHEAD = 150_000  # per evaluation: the fixed cost of numpy's calls for one layer (~15 us)
+DIRECTION_DRAW = 600  # per parameter entry and direction: drawing, normalising and applying it (~50 ns)
+
 
 def parameter_count(layers: list[Layer]) -> int:
     """Sum over layers of n_l n_{l-1} + n_l (every entry of every W_l and b_l)."""
@@ -55,6 +71,40 @@ def planned_passes(layers: list[Layer], mode: str, samples: int | None) -> int:
     if mode == "directions":
         return 1 + 2 * int(samples)
     raise ValueError(f"mode must be one of {MODES}")
+
+
+def layer_cost(layer: Layer, m: int) -> int:
+    """The price of evaluating one layer for m examples, in multiply-add equivalents."""
+    n_out, n_in = layer.W.shape
+    return n_out * n_in * (m + WEIGHT_READ) + ELEMENTWISE * n_out * m + LAYER_OVERHEAD
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a check will cost, counted from shapes before it runs: ``passes`` (1 + 2 per entry or direction)
+    and ``work``, their price in multiply-add equivalents (``layer_cost`` of every layer each pass evaluates,
+    plus drawing the directions)."""
+
+    passes: int
+    work: int
+
+
+def plan(layers: list[Layer], m: int, mode: str, samples: int | None) -> Plan:
+    """Price a check of ``layers`` on m examples. ``full``: exact (a pass for an entry of layer l evaluates layers
+    l..L only); ``entries``: as if every sampled entry were in layer 1 (the sample is drawn later); ``directions``:
+    every pass evaluates every layer, and each direction draws one number per parameter entry and applies them layer
+    by layer."""
+    costs = [layer_cost(layer, m) for layer in layers]
+    suffix = np.cumsum(costs[::-1])[::-1]  # suffix[l - 1]: layers l..L
+    whole = int(suffix[0])
+    passes = planned_passes(layers, mode, samples)
+    if mode == "full":
+        work = whole + 2 * sum((layer.W.size + layer.b.size) * int(suffix[l]) for l, layer in enumerate(layers))
+    elif mode == "entries":
+        work = passes * whole
+    else:  # each direction also draws and applies a perturbation per layer
+        work = passes * whole + int(samples) * (DIRECTION_DRAW * parameter_count(layers) + LAYER_OVERHEAD * len(layers))
+    return Plan(passes, int(work))
 
 
 class TooManyPasses(ValueError):
@@ -108,19 +158,23 @@ class CheckResult:
     roundoff: float = 0.0
 
 
-def difference(a: Array, n: Array) -> float:
-    """||a - n||_2 / (||a||_2 + ||n||_2), 0 when both are zero; both are first divided by their largest entry,
-    so the norms cannot overflow."""
-    scale = max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(n), initial=0.0)))
+def course_difference(a: Array, b: Array) -> float:
+    """The course's gradient-check metric ||a - b||_2 / (||a||_2 + ||b||_2), a and b of the same shape; 0 when
+    both are zero. Both are first divided by their largest |entry|, so the norms cannot overflow. It is also
+    the ``difference`` of a graded key (``grading.compare``)."""
+    scale = max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(b), initial=0.0)))
     if scale == 0:
         return 0.0
-    a, n = a / scale, n / scale
-    return float(np.linalg.norm(a - n)) / float(np.linalg.norm(a) + np.linalg.norm(n))
+    a, b = a / scale, b / scale
+    return float(np.linalg.norm(a - b)) / float(np.linalg.norm(a) + np.linalg.norm(b))
 
 
 def smallest_epsilon(layers: list[Layer]) -> float:
-    """The smallest step for which theta + eps and theta - eps differ for every parameter entry theta:
-    eps must exceed half a unit in the last place of the largest |theta|."""
+    """The step a check needs to exceed: one unit in the last place (``np.spacing``) of the largest |theta| over
+    every W and b entry. Half an ulp is the strict minimum for theta + eps to round away from theta; the full ulp
+    is a margin: with eps above it, theta + eps and theta - eps each round to within ulp/2 < eps/2 of their exact
+    values, so for every entry the step actually taken, (theta + eps) - (theta - eps), exceeds eps (within a
+    factor of two of the 2 eps asked for) instead of being a rounding artefact."""
     largest = max(float(np.max(np.abs(layer.W))) for layer in layers)
     largest = max([largest] + [float(np.max(np.abs(layer.b))) for layer in layers])
     return float(np.spacing(largest))
@@ -130,6 +184,9 @@ class _Objective:
     """J as a function of the parameters, with a counter of the forward passes run."""
 
     def __init__(self, X: Array, Y: Array, layers: list[Layer], cost: str, l2: float, dropout: Dropout | None):
+        # Own copies of W and b: ``entry`` perturbs them in place and must never touch the caller's arrays.
+        layers = [Layer(W=np.array(layer.W, dtype=np.float64), b=np.array(layer.b, dtype=np.float64),
+                        activation=layer.activation, negative_slope=layer.negative_slope) for layer in layers]
         self.Y, self.layers, self.l2, self.dropout = Y, layers, l2, dropout
         self.unit = costs.get(cost)
         self.m = X.shape[1]
@@ -153,21 +210,18 @@ class _Objective:
             return cost_value(self.unit, cache.Z, A, self.Y, layers, 0.0)
 
     def entry(self, l: int, which: str, index: tuple[int, ...], eps: float) -> float:
-        """The central difference along one entry of W_l (which='W') or b_l (which='b')."""
-        layer = self.layers[l - 1]
-        base = getattr(layer, which)
+        """The central difference along one entry of W_l (which='W') or b_l (which='b'). The entry is changed in
+        place and restored (copying W for every entry would cost as much as the pass itself)."""
+        base = getattr(self.layers[l - 1], which)
         value = base[index]
         plus, minus = value + eps, value - eps
         results = []
-        for v in (plus, minus):
-            changed = base.copy()
-            changed[index] = v
-            new = Layer(W=changed, b=layer.b, activation=layer.activation, negative_slope=layer.negative_slope) \
-                if which == "W" else Layer(W=layer.W, b=changed, activation=layer.activation,
-                                           negative_slope=layer.negative_slope)
-            layers = list(self.layers)
-            layers[l - 1] = new
-            results.append(self.data_cost(layers, l))
+        try:
+            for v in (plus, minus):
+                base[index] = v
+                results.append(self.data_cost(self.layers, l))
+        finally:
+            base[index] = value
         step = plus - minus
         penalty = 0.0
         if which == "W" and self.l2:
@@ -222,7 +276,7 @@ def check(X: Array, Y: Array, layers: list[Layer], cost: str, dW: list[Array], d
             checks.append(EntryCheck(analytic, numeric, abs(analytic - numeric), direction=k))
         a = np.array([c.analytic for c in checks])
         n = np.array([c.numeric for c in checks])
-        diff = difference(a, n)
+        diff = course_difference(a, n)
         params = [ParameterCheck(name, g.size, 0, None, None, None) for name, _, _, g in grads]
         top = sorted(checks, key=lambda c: -c.abs_error)[:worst]
         return CheckResult(mode, epsilon, threshold, diff, diff <= threshold, params, top, objective.passes,
@@ -250,7 +304,7 @@ def check(X: Array, Y: Array, layers: list[Layer], cost: str, dW: list[Array], d
             n.append(numeric)
             checks.append(EntryCheck(analytic, numeric, abs(analytic - numeric), parameter=name, index=index))
         if a:
-            d = difference(np.array(a), np.array(n))
+            d = course_difference(np.array(a), np.array(n))
             worst_error = float(np.max(np.abs(np.subtract(a, n))))
             params.append(ParameterCheck(name, g.size, len(a), d, worst_error, d <= threshold,
                                          worst_error <= roundoff))
@@ -258,7 +312,7 @@ def check(X: Array, Y: Array, layers: list[Layer], cost: str, dW: list[Array], d
             params.append(ParameterCheck(name, g.size, 0, None, None, None))
     a = np.array([c.analytic for c in checks])
     n = np.array([c.numeric for c in checks])
-    diff = difference(a, n)
+    diff = course_difference(a, n)
     top = sorted(checks, key=lambda c: -c.abs_error)[:worst]
     return CheckResult(mode, epsilon, threshold, diff, diff <= threshold, params, top, objective.passes,
                        len(chosen), total, roundoff)
