@@ -41,8 +41,10 @@ class Settings(BaseSettings):
                                      description="BLAS threads per worker; default: cores // (workers * threads), at least 1.")
     timeout: int = Field(default=120, ge=1, description="Seconds a worker may spend on one request before it is restarted.")
     graceful_timeout: int = Field(default=30, ge=1, description="Seconds to finish in-flight requests on shutdown.")
-    max_requests: int = Field(default=2000, ge=0, description="Restart a worker after this many requests (0: never).")
-    max_requests_jitter: int = Field(default=200, ge=0, description="Random extra requests before that restart.")
+    max_requests: int = Field(default=20000, ge=0,
+                              description="Restart a worker after this many requests (0: never); a worker's boot "
+                                          "costs about half a second of CPU, so not too often.")
+    max_requests_jitter: int = Field(default=2000, ge=0, description="Random extra requests before that restart.")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(default="info", description="Log level.")
 
     # --- HTTP ---
