@@ -65,6 +65,10 @@ def test_description_carries_every_formula(spec):
         assert unit.formula in text and unit.derivative_formula in text
     for unit in COSTS.values():
         assert unit.formula in text and unit.dA_formula in text
+    # Every table row has exactly its columns (Swagger UI's Markdown has no escaped pipe: formulas write abs(z)).
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            assert line.count("|") in (4, 6), line
 
 
 def test_docs_page_and_its_assets_are_served_locally():

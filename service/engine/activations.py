@@ -5,7 +5,7 @@ the same shape. ``forward`` gives ``A = g(Z)``; ``backward`` gives the vector-Ja
 ``dZ = dA * g'(Z)`` (for softmax, whose Jacobian is not diagonal, ``dZ = A * (dA - sum_k dA_k A_k)``).
 
 Derivatives are evaluated from ``Z``, not from ``A``: ``A`` may already carry a dropout mask, and forms such as
-``sigmoid'(z) = e / (1 + e)^2`` with ``e = exp(-|z|)`` keep full relative precision where ``a * (1 - a)`` rounds
+``sigmoid'(z) = e / (1 + e)^2`` with ``e = exp(-abs(z))`` keep full relative precision where ``a * (1 - a)`` rounds
 to zero.
 """
 
@@ -77,7 +77,7 @@ register(Activation(
 # --- sigmoid ----------------------------------------------------------------------------------------------
 
 def _sigmoid(Z: Array, slope: float = 0.0) -> Array:
-    # Split by sign so that exp never overflows: e = exp(-|z|) lies in (0, 1].
+    # Split by sign so that exp never overflows: e = exp(-abs(z)) lies in (0, 1].
     e = np.exp(-np.abs(Z))
     return np.where(Z >= 0, 1.0, e) / (1.0 + e)
 
@@ -93,14 +93,14 @@ register(Activation(
     forward=_sigmoid,
     derivative=_sigmoid_derivative,
     formula="g(z) = 1 / (1 + exp(-z))",
-    derivative_formula="g'(z) = g(z) (1 - g(z)), evaluated as e / (1 + e)^2 with e = exp(-|z|)",
+    derivative_formula="g'(z) = g(z) (1 - g(z)), evaluated as e / (1 + e)^2 with e = exp(-abs(z))",
 ))
 
 
 # --- tanh -------------------------------------------------------------------------------------------------
 
 def _tanh_derivative(Z: Array, A: Array, slope: float = 0.0) -> Array:
-    # 1 - tanh(z)^2 = 4e / (1 + e)^2 with e = exp(-2|z|); 1 - a*a loses all digits once |a| rounds to 1.
+    # 1 - tanh(z)^2 = 4e / (1 + e)^2 with e = exp(-2 abs(z)); 1 - a*a loses all digits once |a| rounds to 1.
     e = np.exp(-2.0 * np.abs(Z))
     return 4.0 * e / ((1.0 + e) * (1.0 + e))
 
@@ -110,7 +110,7 @@ register(Activation(
     forward=lambda Z, slope: np.tanh(Z),
     derivative=_tanh_derivative,
     formula="g(z) = tanh(z)",
-    derivative_formula="g'(z) = 1 - tanh(z)^2, evaluated as 4e / (1 + e)^2 with e = exp(-2|z|)",
+    derivative_formula="g'(z) = 1 - tanh(z)^2, evaluated as 4e / (1 + e)^2 with e = exp(-2 abs(z))",
 ))
 
 

@@ -111,7 +111,7 @@ register(Cost(
     fused_dZ=_bce_fused_dZ,
     label_error=_bce_labels,
     formula="J = -(1/m) sum_i sum_k [y log a + (1 - y) log(1 - a)], computed from the logits as "
-            "(1/m) sum [max(z, 0) - z y + log(1 + exp(-|z|))]",
+            "(1/m) sum [max(z, 0) - z y + log(1 + exp(-abs(z)))]",
     dA_formula="dA = -(y/a - (1 - y)/(1 - a)); with a sigmoid output dZ = a - y",
     label_domain="every label in [0, 1]",
 ))
