@@ -34,7 +34,8 @@ class ExplainRequest(GradientRequest):
         default=DEFAULT_UNITS_SHOWN, description=f"Every array shows at most its first this many units (default "
                                                  f"{DEFAULT_UNITS_SHOWN}, at most {MAX_UNITS_SHOWN}): rows of a (units, m) "
                                                  f"array, both axes of W and of the softmax Jacobian.")
-    include_caches: NotUsed = Field(default=False, description="Not used by this route.")
+    include_caches: NotUsed = Field(default=False, description="Accepted (a /v1/gradients body can be sent as it "
+                                                               "is) and ignored by this route.")
 
 
 def prepare_explain(req: ExplainRequest, limits: Limits) -> Prepared:

@@ -55,7 +55,8 @@ class GradientCheckRequest(GradientRequest):
     gradients: Optional[dict[str, MatrixOrVector]] = Field(
         default=None, description="A submitted gradient to check instead of the service's own: every dW1..dWL "
                                   "(n_l, n_(l-1)) and db1..dbL ((n_l, 1) or (n_l,)).")
-    include_caches: NotUsed = Field(default=False, description="Not used by this route.")
+    include_caches: NotUsed = Field(default=False, description="Accepted (a /v1/gradients body can be sent as it "
+                                                               "is) and ignored by this route.")
 
     @field_validator("dropout", mode="before")
     @classmethod

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import numpy as np
 from annotated_types import Len
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, RootModel, StrictBool, Tag,
-                      WithJsonSchema, model_validator)
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 # The matrix-or-vector parsing of schemas.common, reused for arrays whose entries may be null (None -> NaN).
@@ -42,15 +42,9 @@ MAX_KEY_RESULTS = 20_000
 MAX_GRADING_WORK = 150_000_000
 
 
-def _not_used(value: bool) -> bool:
-    if value:
-        raise PydanticCustomError("not_used", "include_caches is not used by this route; send false or leave it out")
-    return value
-
-
-# GradientRequest's include_caches, which the grade, gradient-check and explain routes do not use: only false (or
-# absent) is accepted.
-NotUsed = Annotated[StrictBool, AfterValidator(_not_used), WithJsonSchema({"type": "boolean", "const": False})]
+# GradientRequest's include_caches: accepted so that a /v1/gradients body can be sent to the grade,
+# gradient-check and explain routes as it is, and ignored there.
+NotUsed = StrictBool
 
 # --- submitted arrays: finite numbers or null (null entries grade as not_a_number) --------------------------
 
@@ -102,7 +96,7 @@ class GradeRequest(GradientRequest):
                                   f"tested against within a fixed budget (422 `limit_exceeded` otherwise).")
     rtol: Annotated[FiniteFloat, Field(ge=0)] = Field(default=grading.DEFAULT_RTOL, description=f"Relative tolerance, default 1e-5: {_RULE}.")
     atol: Annotated[FiniteFloat, Field(ge=0)] = Field(default=grading.DEFAULT_ATOL, description=f"Absolute tolerance, default 1e-8: {_RULE}.")
-    points: Optional[Annotated[dict[str, Annotated[FiniteFloat, Field(ge=0)]], Len(min_length=1)]] = Field(
+    points: Optional[Annotated[dict[str, Annotated[FiniteFloat, Field(ge=0, le=1e6)]], Len(min_length=1)]] = Field(
         default=None, description="Points per key (at least one key; leave `points` out for the default); these keys "
                                   "are graded and a key not submitted is `missing`. A key is worth its points when "
                                   "`correct`, 0 otherwise. Default: every submitted key, 1 point each. Submitted "
@@ -127,7 +121,8 @@ class GradeRequest(GradientRequest):
                                       "`output`, `visibility`), one per submission in the batch form.")
     visibility: Literal[VISIBILITIES] = Field(  # type: ignore[valid-type]
         default="visible", description="Gradescope `visibility` of each test (with `format: gradescope`).")
-    include_caches: NotUsed = Field(default=False, description="Not used by this route.")
+    include_caches: NotUsed = Field(default=False, description="Accepted (a /v1/gradients body can be sent as it "
+                                                               "is) and ignored by this route.")
 
     @model_validator(mode="after")
     def _one_form(self) -> "GradeRequest":

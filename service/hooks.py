@@ -64,4 +64,10 @@ def install(app: Flask, settings: Settings) -> None:
 
     if settings.cors_origins:
         CORS(app, origins=settings.cors_origins, allow_headers=["Content-Type", "Authorization", "X-Request-ID"],
-             expose_headers=["X-Request-ID"], methods=["GET", "POST", "OPTIONS"], max_age=600)
+             expose_headers=["X-Request-ID"], methods=["GET", "POST", "OPTIONS"], max_age=600, vary_header=True)
+
+        @app.after_request
+        def _vary_on_origin(response):
+            # The answer depends on Origin whether or not it is allowed: caches must key on it.
+            response.vary.add("Origin")
+            return response

@@ -79,7 +79,8 @@ def info():
 
 
 @bp.get("/metrics")
-@documented("Prometheus metrics (text exposition format).", response_media_type="text/plain", tags=("operations",))
+@documented("Prometheus metrics (text exposition format).", response_media_type="text/plain", tags=("operations",),
+            description="Open unless GRADIENT_METRICS_REQUIRE_KEY is set (then a 401 without a key).", errors=(401,))
 def prometheus_metrics():
     data, content_type = metrics.render()
     return Response(data, mimetype=None, content_type=content_type)
@@ -93,4 +94,6 @@ def openapi():
 
 def docs_blueprint() -> Blueprint:
     """Swagger UI at /docs, its assets served from the flask-swagger-ui package (no CDN)."""
-    return get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "gradient-service"})
+    # validatorUrl None: Swagger UI would otherwise send the document to an online validator for its badge.
+    return get_swaggerui_blueprint("/docs", "/openapi.json",
+                                   config={"app_name": "gradient-service", "validatorUrl": None})

@@ -1037,3 +1037,15 @@ def test_openapi_documents_the_three_routes_with_examples(client):
 def test_openapi_grade_examples_run(post, name):
     status, out = post(grading_routes.GRADE_EXAMPLES[name], path="/v1/grade")
     assert status == 200, out
+
+
+@pytest.mark.parametrize("path", ["/v1/grade", "/v1/gradient-check", "/v1/explain"])
+def test_a_gradients_body_with_include_caches_is_accepted_as_it_is(post, path):
+    """An autograder can send the very body it sent to /v1/gradients; include_caches is ignored there."""
+    body = orjson.loads(open("examples/two_layer_sigmoid_bce.json", "rb").read())
+    body["include_caches"] = True
+    if path == "/v1/grade":
+        body["submission"] = {"cost": 0.676733526293133}
+    status, out = post(body, path=path)
+    assert status == 200, out
+    assert "caches" not in out

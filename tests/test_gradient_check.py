@@ -282,7 +282,6 @@ def test_smallest_epsilon_is_one_ulp_of_the_largest_parameter(post):
     ({"epsilon": 1e-12, "layers": [{"W": [[1e6, 1.0, 0.0]], "b": [[0.0]], "activation": "sigmoid"}]}, "epsilon",
      "epsilon_too_small"),
     ({"samples": 2.5, "mode": "entries"}, "samples", "int_type"),
-    ({"include_caches": True}, "include_caches", "not_used"),
     ({"include_caches": 0}, "include_caches", "bool_type"),
     ({"gradients": {"dW1": [[1.0, 2.0]]}}, "gradients.dW1", "shape_mismatch"),
     ({"gradients": {"dW9": [[1.0]]}}, "gradients.dW9", "unknown_key"),

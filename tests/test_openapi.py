@@ -51,6 +51,11 @@ def test_gradients_operation_documents_bodies_errors_and_examples(spec):
         assert problem["$ref"].endswith("/Problem"), status
 
 
+def test_metrics_documents_its_optional_401(spec):
+    responses = spec["paths"]["/metrics"]["get"]["responses"]
+    assert "401" in responses and "text/plain" in responses["200"]["content"]
+
+
 def test_request_schema_enumerates_the_registries(spec):
     schemas = spec["components"]["schemas"]
     layer = schemas["LayerSpec"]
@@ -77,6 +82,8 @@ def test_docs_page_and_its_assets_are_served_locally():
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     assert '"/openapi.json"' in html
+    # No online validator badge: Swagger UI would send the document to a third party.
+    assert '"validatorUrl": null' in html
     # Every script and stylesheet comes from this service, none from a CDN.
     assets = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert assets and all(a.startswith("/docs/") for a in assets), assets

@@ -177,6 +177,8 @@ def test_cors_allows_configured_origins_only():
     other = client.post("/v1/gradients", json=EXAMPLE, headers={"Origin": "https://evil.example",
                                                                 "Authorization": f"Bearer {KEY}"})
     assert "Access-Control-Allow-Origin" not in other.headers
+    # Allowed or not, the answer depends on Origin, so shared caches must key on it.
+    assert "Origin" in r.headers["Vary"] and "Origin" in other.headers["Vary"]
 
 
 @pytest.mark.parametrize("env, name", [
