@@ -35,6 +35,7 @@ class Activation:
     derivative: Callable[[Array, Array, float], Array] | None
     formula: str
     derivative_formula: str
+    derivative_latex: str  # for /v1/explain
     output_only: bool = False
     vjp: Callable[[Array, Array, float], Array] | None = None
 
@@ -71,6 +72,7 @@ register(Activation(
     derivative=lambda Z, A, slope: np.ones_like(Z),
     formula="g(z) = z",
     derivative_formula="g'(z) = 1",
+    derivative_latex=r"g'(Z) = 1",
 ))
 
 
@@ -94,6 +96,7 @@ register(Activation(
     derivative=_sigmoid_derivative,
     formula="g(z) = 1 / (1 + exp(-z))",
     derivative_formula="g'(z) = g(z) (1 - g(z)), evaluated as e / (1 + e)^2 with e = exp(-abs(z))",
+    derivative_latex=r"\sigma'(Z) = \sigma(Z)\left(1-\sigma(Z)\right) = A\,(1-A)",
 ))
 
 
@@ -111,6 +114,7 @@ register(Activation(
     derivative=_tanh_derivative,
     formula="g(z) = tanh(z)",
     derivative_formula="g'(z) = 1 - tanh(z)^2, evaluated as 4e / (1 + e)^2 with e = exp(-2 abs(z))",
+    derivative_latex=r"\tanh'(Z) = 1 - \tanh^2(Z) = 1 - A^2",
 ))
 
 
@@ -125,6 +129,7 @@ register(Activation(
     vjp=lambda dA, Z, slope: np.multiply(dA, Z > 0),
     formula="g(z) = max(z, 0)",
     derivative_formula="g'(z) = 1 if z > 0, else 0 (0 at z = 0)",
+    derivative_latex=r"\operatorname{relu}'(Z) = \mathbb{1}[Z > 0]",
 ))
 
 
@@ -137,6 +142,7 @@ register(Activation(
     derivative=lambda Z, A, slope: np.where(Z > 0, 1.0, slope),
     formula="g(z) = z if z > 0, else s z (s = negative_slope, default 0.01)",
     derivative_formula="g'(z) = 1 if z > 0, else s (s at z = 0)",
+    derivative_latex=r"g'(Z) = \begin{cases} 1 & Z > 0 \\ s & Z \le 0 \end{cases}",
 ))
 
 
@@ -159,6 +165,7 @@ register(Activation(
     derivative=None,
     formula="g(z)_k = exp(z_k) / sum_j exp(z_j) (per example, over the output units)",
     derivative_formula="dZ_k = a_k (dA_k - sum_j dA_j a_j) (vector-Jacobian product of the full Jacobian)",
+    derivative_latex=r"\frac{\partial a_k}{\partial z_j} = a_k\left(\delta_{kj} - a_j\right)",
     output_only=True,
 ))
 

@@ -40,6 +40,8 @@ class Cost:
     formula: str
     dA_formula: str
     label_domain: str
+    formula_latex: str  # J and dA_L for /v1/explain
+    dA_latex: str
     class_indices: bool = False  # whether labels may come as m class indices (made one-hot at the edge)
 
 
@@ -114,6 +116,9 @@ register(Cost(
             "(1/m) sum [max(z, 0) - z y + log(1 + exp(-abs(z)))]",
     dA_formula="dA = -(y/a - (1 - y)/(1 - a)); with a sigmoid output dZ = a - y",
     label_domain="every label in [0, 1]",
+    formula_latex=r"J = -\frac{1}{m}\sum_{i=1}^{m}\left[y^{(i)}\log a^{[L](i)} + "
+                  r"\left(1-y^{(i)}\right)\log\left(1-a^{[L](i)}\right)\right]",
+    dA_latex=r"-\left(\frac{Y}{A^{[L]}} - \frac{1-Y}{1-A^{[L]}}\right)",
 ))
 
 
@@ -155,6 +160,8 @@ register(Cost(
             "log sum_j exp(z_j - max(z))",
     dA_formula="dA = -y/a; with a softmax output dZ = a - y",
     label_domain="one-hot columns (or a list of m class indices)",
+    formula_latex=r"J = -\frac{1}{m}\sum_{i=1}^{m}\sum_{k} y_k^{(i)}\log a_k^{[L](i)}",
+    dA_latex=r"-\frac{Y}{A^{[L]}}",
     class_indices=True,
 ))
 
@@ -177,6 +184,8 @@ register(Cost(
     formula="J = (1/(2m)) sum_i sum_k (a - y)^2",
     dA_formula="dA = a - y; dZ = (a - y) g'(z) (with a linear output dZ = a - y)",
     label_domain="any finite numbers",
+    formula_latex=r"J = \frac{1}{2m}\sum_{i=1}^{m}\sum_{k}\left(a_k^{[L](i)} - y_k^{(i)}\right)^2",
+    dA_latex=r"A^{[L]} - Y",
 ))
 
 

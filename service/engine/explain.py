@@ -35,27 +35,6 @@ Array = np.ndarray
 MAX_LISTED_ENTRIES = 100
 UNSTABLE_RTOL, UNSTABLE_ATOL = 1e-6, 1e-9
 
-COST_LATEX = {
-    "binary_cross_entropy": r"J = -\frac{1}{m}\sum_{i=1}^{m}\left[y^{(i)}\log a^{[L](i)} + "
-                            r"\left(1-y^{(i)}\right)\log\left(1-a^{[L](i)}\right)\right]",
-    "categorical_cross_entropy": r"J = -\frac{1}{m}\sum_{i=1}^{m}\sum_{k} y_k^{(i)}\log a_k^{[L](i)}",
-    "mean_squared_error": r"J = \frac{1}{2m}\sum_{i=1}^{m}\sum_{k}\left(a_k^{[L](i)} - y_k^{(i)}\right)^2",
-}
-DA_LATEX = {
-    "binary_cross_entropy": r"-\left(\frac{Y}{A^{[L]}} - \frac{1-Y}{1-A^{[L]}}\right)",
-    "categorical_cross_entropy": r"-\frac{Y}{A^{[L]}}",
-    "mean_squared_error": r"A^{[L]} - Y",
-}
-DERIVATIVE_LATEX = {
-    "linear": r"g'(Z) = 1",
-    "sigmoid": r"\sigma'(Z) = \sigma(Z)\left(1-\sigma(Z)\right) = A\,(1-A)",
-    "tanh": r"\tanh'(Z) = 1 - \tanh^2(Z) = 1 - A^2",
-    "relu": r"\operatorname{relu}'(Z) = \mathbb{1}[Z > 0]",
-    "leaky_relu": r"g'(Z) = \begin{cases} 1 & Z > 0 \\ s & Z \le 0 \end{cases}",
-    "softmax": r"\frac{\partial a_k}{\partial z_j} = a_k\left(\delta_{kj} - a_j\right)",
-}
-
-
 @dataclass(frozen=True)
 class Step:
     """One step: ``values`` maps a name to a number, an array or None; the names in ``per_example`` are
@@ -146,7 +125,7 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
         "cost", "The cost", f"The cost is {unit.formula}" + (f", plus the L2 term lambda/(2m) sum ||W||^2 with "
                                                              f"lambda = {l2:g}" if l2 else "")
         + f". It is a function of the output A{L} (and the labels) directly: that is where backpropagation starts.",
-        COST_LATEX.get(cost, unit.formula) + l2_latex,
+        unit.formula_latex + l2_latex,
         {"J": r.cost, "loss": unit.loss(ZL, AL, Y)}, frozenset({"loss"})))
 
     steps.append(Step(
@@ -155,7 +134,7 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
         f"This needs only the cost's formula, no weights."
         + (" Entries that are not representable in float64 (A_L at exactly 0 or 1 against the label) are null."
            if r.unrepresentable.any() else ""),
-        rf"dA^{{[L]}} = \frac{{\partial \mathcal{{L}}}}{{\partial A^{{[L]}}}} = {pre}{DA_LATEX.get(cost, '')}",
+        rf"dA^{{[L]}} = \frac{{\partial \mathcal{{L}}}}{{\partial A^{{[L]}}}} = {pre}{unit.dA_latex}",
         {f"A{L}": AL, "Y": Y, f"dA{L}": dAL}, frozenset({f"A{L}", "Y", f"dA{L}"})))
 
     if act.derivative is not None:
@@ -164,7 +143,7 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
             "activation_derivative", f"g'(Z{L}): the output activation's derivative",
             f"The output activation is {out_name}: {act.derivative_formula}. It acts elementwise, so the chain "
             f"rule multiplies entry by entry.",
-            DERIVATIVE_LATEX.get(out_name, act.derivative_formula),
+            act.derivative_latex,
             {f"Z{L}": ZL, f"g_prime_Z{L}": g_prime}, frozenset({f"Z{L}", f"g_prime_Z{L}"})))
     else:
         n_L = AL.shape[0]
@@ -174,7 +153,7 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
             "Softmax couples the units of one example: its Jacobian is diag(a) - a a^T, not diagonal, so the chain "
             "rule is a vector-Jacobian product per example. The Jacobian of the first example is shown (its "
             "top-left block when the output has more units than shown).",
-            DERIVATIVE_LATEX["softmax"],
+            ACTIVATIONS["softmax"].derivative_latex,
             {f"Z{L}": ZL, "jacobian_example_0": np.diag(a0) - np.outer(a0, a0)}, frozenset({f"Z{L}"}),
             full_shapes={"jacobian_example_0": (n_L, n_L)}))
 
@@ -269,7 +248,7 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
             "hidden_dZ", f"dZ{h} = dA{h} * g'(Z{h})",
             f"Then the same elementwise chain rule as at the output, with this layer's activation {hid.activation}: "
             f"{hact.derivative_formula}.",
-            rf"dZ^{{[{h}]}} = dA^{{[{h}]}} \odot g'(Z^{{[{h}]}}),\quad " + DERIVATIVE_LATEX.get(hid.activation, ""),
+            rf"dZ^{{[{h}]}} = dA^{{[{h}]}} \odot g'(Z^{{[{h}]}}),\quad " + ACTIVATIONS[hid.activation].derivative_latex,
             {f"Z{h}": r.Z[h - 1], f"g_prime_Z{h}": g_hidden, f"dZ{h}": r.dZ[h - 1]},
             frozenset({f"Z{h}", f"g_prime_Z{h}", f"dZ{h}"})))
 
