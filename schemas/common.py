@@ -1,13 +1,14 @@
-"""Shared wire types: finite float64 matrices and vectors, and the located error items."""
+"""Shared wire types: finite floats, and the array fields (``schemas.arrays``)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 import numpy as np
-from annotated_types import Len
-from pydantic import AfterValidator, AllowInfNan, Discriminator, Strict, Tag
+from pydantic import AllowInfNan, Strict
 from pydantic_core import PydanticCustomError
+
+from schemas.arrays import Matrix, MatrixOrVector, NullableMatrixOrVector, Vector  # noqa: F401  (re-exported)
 
 # Strict: booleans and numeric strings are refused (lax mode would read true as 1.0); ints are accepted.
 FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]
@@ -29,12 +30,8 @@ def to_vector(values: list[float]) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-# A (rows, cols) matrix as a list of equal-length rows of finite numbers; validated into a float64 ndarray.
-Matrix = Annotated[list[Annotated[list[FiniteFloat], Len(min_length=1)]], Len(min_length=1), AfterValidator(to_matrix)]
-# A flat list of finite numbers; validated into a 1-D float64 ndarray.
-Vector = Annotated[list[FiniteFloat], Len(min_length=1), AfterValidator(to_vector)]
-
-# Tags of the matrix-or-vector union; pydantic puts them into error locations, and locations drop them.
+# Tags of a pydantic matrix-or-vector union (the submitted arrays of schemas.grading); pydantic puts them into
+# error locations, and locations drop them.
 UNION_TAGS = frozenset({"matrix", "vector"})
 
 
@@ -44,10 +41,3 @@ def matrix_or_vector(value: Any) -> str | None:
         return None
     return "matrix" if value and isinstance(value[0], list) else "vector"
 
-
-# Either a matrix (list of rows) or a flat vector; which one is decided by the first entry.
-MatrixOrVector = Annotated[
-    Union[Annotated[Matrix, Tag("matrix")], Annotated[Vector, Tag("vector")]],
-    Discriminator(matrix_or_vector, custom_error_type="matrix_or_vector_type",
-                  custom_error_message="expected a list of numbers or a list of rows of numbers"),
-]

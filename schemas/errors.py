@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from schemas.arrays import MORE_ERRORS
 from schemas.common import UNION_TAGS
 
 PROBLEM_TYPE_PREFIX = "urn:gradient-service:problem:"
@@ -32,12 +33,14 @@ class Problem(BaseModel):
 
 
 class InvalidRequest(Exception):
-    """A request that parsed but cannot be served; carries located error items and the status (422 or 400)."""
+    """A request that parsed but cannot be served; carries located error items and the status (422 or 400).
+    ``truncated``: more problems were found than ``errors`` holds (their search stopped at a cap)."""
 
     def __init__(self, errors: list[ErrorItem], status: int = 422, title: str = "Invalid request",
-                 slug: str = "validation-error"):
-        super().__init__("; ".join(f"{e.location}: {e.message}" for e in errors))
+                 slug: str = "validation-error", truncated: bool = False):
+        super().__init__("; ".join(f"{e.location}: {e.message}" for e in errors[:10]))
         self.errors, self.status, self.title, self.slug = errors, status, title, slug
+        self.truncated = truncated
 
 
 # Field names people send for ours (other libraries' and the course's spellings).
@@ -101,11 +104,10 @@ def _message(err: dict[str, Any]) -> str:
 
 
 def from_validation_error(exc: ValidationError) -> InvalidRequest:
-    """pydantic's errors -> InvalidRequest: 400 for malformed JSON, 422 for everything else."""
+    """pydantic's errors -> InvalidRequest (422). An array's ``more_errors`` marker is not an error item: it marks
+    the request ``truncated``."""
     errors = exc.errors(include_url=False)
-    if any(e["type"] == "json_invalid" for e in errors):
-        items = [ErrorItem(location="body", message=e["msg"], type="json_invalid") for e in errors]
-        return InvalidRequest(items, status=400, title="Malformed JSON", slug="malformed-json")
+    truncated = any(e["type"] == MORE_ERRORS for e in errors)
     items = [ErrorItem(location=format_location(e["loc"], e["type"] in ("extra_forbidden", "missing")),
-                       message=_message(e), type=e["type"]) for e in errors]
-    return InvalidRequest(items)
+                       message=_message(e), type=e["type"]) for e in errors if e["type"] != MORE_ERRORS]
+    return InvalidRequest(items, truncated=truncated)

@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from schemas.arrays import array_list
 from schemas.common import FiniteFloat, Matrix, MatrixOrVector
 from schemas.errors import ErrorItem, InvalidRequest
 from schemas.limits import Limits
@@ -41,7 +42,7 @@ class DropoutSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     keep_prob: Annotated[FiniteFloat, Field(gt=0, le=1)] = Field(description="p in (0, 1].")
-    masks: list[Matrix] = Field(description="D_1 .. D_{L-1}: 0/1 matrices shaped like A_l, (n_l, m) or (m, n_l) by layout.")
+    masks: array_list(Matrix) = Field(description="D_1 .. D_{L-1}: 0/1 matrices shaped like A_l, (n_l, m) or (m, n_l) by layout.")
 
 
 # The body of POST /v1/gradients.

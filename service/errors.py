@@ -34,9 +34,10 @@ def problem_response(status: int, title: str, detail: str, errors: list[ErrorIte
 
 def _invalid_request(exc: InvalidRequest) -> Response:
     n = len(exc.errors)
-    shown = "" if n <= MAX_LISTED_ERRORS else f" (the first {MAX_LISTED_ERRORS} are listed)"
+    shown = "" if n <= MAX_LISTED_ERRORS and not exc.truncated else f" (the first {min(n, MAX_LISTED_ERRORS)} are listed)"
     first = f"{exc.errors[0].location}: {exc.errors[0].message}" if n else exc.title
-    detail = first if n == 1 else f"{n} problems in the request{shown}; first: {first}"
+    count = f"at least {n + 1}" if exc.truncated else str(n)
+    detail = first if n == 1 and not exc.truncated else f"{count} problems in the request{shown}; first: {first}"
     return problem_response(exc.status, exc.title, detail, exc.errors, slug=exc.slug)
 
 
