@@ -3,7 +3,9 @@
 ``measure(path, body)`` runs the app in a new Python process (no torch, nothing else loaded), warms up every
 POST route with a small valid body, resets the kernel's peak-RSS counter (``/proc/self/clear_refs``), sends the
 body through the Flask test client and consumes the response piece by piece as a server writes it out, and
-reports how far the process's peak RSS (VmHWM) rose above its RSS before the request. The body is built before
+reports how far the process's peak RSS (VmHWM) rose above its RSS before the request, the request's time, and the
+time a bare parse of the same bytes takes there (orjson, or the standard library where orjson refuses them;
+measured after the request, so it adds nothing to the peak). The body is built before
 the baseline (a worker has it on the socket, not in memory), and the test client's copy of it counts, as a
 worker's read would.
 
@@ -51,6 +53,8 @@ gc.collect()
 before = status()["VmRSS"]
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
+import time
+t0 = time.perf_counter()
 r = client.post(path, data=body, content_type="application/json", buffered=False)
 size, head = 0, b""
 for chunk in r.response:
@@ -58,9 +62,22 @@ for chunk in r.response:
         head += chunk[: 400 - len(head)]
     size += len(chunk)
 r.close()
+seconds = time.perf_counter() - t0
 peak = status()["VmHWM"]
+# The time a bare parse of the same bytes takes (orjson; the standard library where orjson refuses them).
+import orjson
+from service.wire import lenient
+t0 = time.perf_counter()
+try:
+    orjson.loads(body)
+except orjson.JSONDecodeError:
+    try:
+        lenient.loads(body)
+    except Exception:
+        pass
+parse_seconds = time.perf_counter() - t0
 print(json.dumps({"status": r.status_code, "growth": peak - before, "response_bytes": size,
-                  "head": head.decode("utf-8", "replace")}))
+                  "head": head.decode("utf-8", "replace"), "seconds": seconds, "parse_seconds": parse_seconds}))
 """
 
 
@@ -74,6 +91,8 @@ class Measurement:
     body_bytes: int
     response_bytes: int
     head: str
+    seconds: float = 0.0
+    parse_seconds: float = 0.0
 
     @property
     def bound(self) -> int:
@@ -96,7 +115,8 @@ def measure(path: str, body: bytes, settings: dict | None = None) -> Measurement
     if proc.returncode != 0:
         raise RuntimeError(f"probe failed ({proc.returncode}): {proc.stderr[-3000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return Measurement(path, out["status"], out["growth"], len(body), out["response_bytes"], out["head"])
+    return Measurement(path, out["status"], out["growth"], len(body), out["response_bytes"], out["head"],
+                       out["seconds"], out["parse_seconds"])
 
 
 # --- worst-case bodies ------------------------------------------------------------------------------------------
@@ -151,20 +171,54 @@ def booleans_in_W(size: int) -> bytes:
                  b'"cost":"mean_squared_error"}', size)
 
 
-def valid_wide(size: int) -> bytes:
-    """A valid request near the size: X (n_x, m) of 17-digit floats through two layers."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    n_x = 64
-    m = max(1, size // (n_x * 20))
-    body = {"layers": [{"W": rng.standard_normal((32, n_x)) * 0.1, "b": np.zeros(32), "activation": "relu"},
-                       {"W": rng.standard_normal((1, 32)) * 0.1, "b": [0.0], "activation": "sigmoid"}],
-            "X": rng.standard_normal((n_x, m)), "Y": (rng.random((1, m)) > 0.5).astype(float),
-            "cost": "binary_cross_entropy"}
+def _dumps(body: dict) -> bytes:
     import orjson
 
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def wide_input(size: int) -> dict:
+    """A valid network whose input X (n_x, m) of 17-digit floats fills about ``size`` bytes: dA0 is as large."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n_x = 500
+    m = max(2, size // (n_x * 21))
+    return {"layers": [{"W": rng.standard_normal((4, n_x)) * 0.05, "b": np.zeros(4), "activation": "tanh"},
+                       {"W": rng.standard_normal((1, 4)), "b": [0.0], "activation": "sigmoid"}],
+            "X": rng.standard_normal((n_x, m)), "Y": (rng.random((1, m)) > 0.5).astype(float),
+            "cost": "binary_cross_entropy"}
+
+
+def valid_gradients(size: int) -> bytes:
+    return _dumps({**wide_input(size), "include_caches": True})
+
+
+def valid_grade_wrong_key(size: int) -> bytes:
+    """A class of one whose dA0 (as large as X) is wrong by the 1/m convention: every candidate of a mistake is
+    built for it."""
+    body = wide_input(size // 2)
+    import numpy as np
+
+    m = body["X"].shape[1]
+    wrong = np.random.default_rng(1).standard_normal(body["X"].shape) / m
+    return _dumps({**body, "submission": {"dA0": wrong, "cost": 0.5}})
+
+
+def valid_gradient_check(size: int) -> bytes:
+    return _dumps({**wide_input(size), "mode": "entries", "samples": 3})
+
+
+def valid_explain(size: int) -> bytes:
+    return _dumps(wide_input(size))
+
+
+VALID_BODIES = {
+    "/v1/gradients": valid_gradients,
+    "/v1/grade": valid_grade_wrong_key,
+    "/v1/gradient-check": valid_gradient_check,
+    "/v1/explain": valid_explain,
+}
 
 
 INVALID_BODIES = {
