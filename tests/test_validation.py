@@ -510,6 +510,10 @@ NON_FINITE = {
     "1e400": Raw("1e400"),
     "-1e400": Raw("-1e400"),
     "int_10^400": Raw("1" + "0" * 400),
+    # The hardening issue: a 5,000-digit integer was a 400 "malformed" while 1e999999 was a 422; both are 422.
+    "int_5000_digits": Raw("9" * 5000),
+    "-int_5000_digits": Raw("-" + "9" * 5000),
+    "1e999999": Raw("1e999999"),
 }
 
 
@@ -560,6 +564,24 @@ def test_every_bad_element_is_listed(vclient):
     problem = assert_problem(resp, 422)
     assert {e["location"] for e in problem["errors"]} == {"X[0][1]", "X[1][3]", "layers[1].W[0][0]"}
     assert problem["detail"].startswith("3 problems in the request")
+
+
+@pytest.mark.parametrize("raw,location,key", [
+    ('"cost": "mean_squared_error", "cost": "binary_cross_entropy"', "cost", "cost"),
+    ('"l2": 0.1, "l2": 0.2', "l2", "l2"),
+], ids=["cost", "l2"])
+def test_duplicate_top_level_keys_are_422_naming_the_key(vclient, raw, location, key):
+    body = encode(valid_request(MSE))
+    raw_body = body[:1] + raw.encode() + b", " + body[1:].replace(b'"cost":"mean_squared_error",', b"")
+    item = assert_error(send(vclient, raw_body), 422, location, "duplicate_key")
+    assert repr(key) in item["message"]
+
+
+def test_duplicate_key_in_a_layer_is_422_at_the_layer(vclient):
+    body = encode(valid_request(MSE))
+    raw = body.replace(b'"activation": "leaky_relu"', b'"activation": "leaky_relu", "activation": "relu"', 1)
+    assert raw != body
+    assert_error(send(vclient, raw), 422, "layers[0].activation", "duplicate_key")
 
 
 # --- the body as a whole -------------------------------------------------------------------------------------

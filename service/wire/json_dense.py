@@ -351,6 +351,8 @@ def _write(values: list[list], block: np.ndarray, row: int, shape: tuple[int, ..
            offset: int = 0) -> bool:
     """Write rows of parsed values into ``block``: plain numbers in one assignment; otherwise entry by entry,
     null -> NaN (returns whether any), anything else an error at its location (``offset``: the first column)."""
+    if errors.full:
+        return False  # the array is invalid already: only the rows' lengths still matter
     types: set[type] = set()
     for r in values:
         types.update(map(type, r))
@@ -376,4 +378,6 @@ def _odd_values(values: list, block: np.ndarray, row: int, shape: tuple[int, ...
                 errors.add(prefix + (offset + c,), "finite_number", "Input should be a finite number", v)
             else:
                 errors.add(prefix + (offset + c,), "float_type", "Input should be a valid number", v)
+            if errors.full:
+                return nulls
     return nulls
