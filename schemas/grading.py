@@ -157,7 +157,7 @@ class _OrAnythingElse:
                                                                "of status `invalid` and its located errors."}]}
 
 
-OneSubmission = Annotated[Submission, WrapValidator(_keep_malformed)]
+# A batch item; a single ``submission`` is a plain Submission, so that its errors come with the request's others.
 BatchItem = Annotated[Submission, WrapValidator(_keep_malformed), _OrAnythingElse()]
 
 
@@ -168,8 +168,8 @@ _BOUNDED = ("The key's policy may bound it: a value sent outside its bounds is a
 
 # The body of POST /v1/grade.
 class GradeRequest(GradientRequest):
-    submission: Optional[OneSubmission] = Field(default=None, description="One student's values (malformed: a 422). "
-                                                                           "Send this or `submissions`.")
+    submission: Optional[Submission] = Field(default=None, description="One student's values (malformed: a 422). "
+                                                                        "Send this or `submissions`.")
     submissions: Optional[Annotated[list[BatchItem], Len(min_length=1)]] = Field(
         default=None, description=f"The batch form: many students' values graded against one reference, computed "
                                   f"once (1 to {MAX_SUBMISSIONS} of them, fewer if the key's policy says so). Send "
@@ -240,6 +240,11 @@ class Batch:
     errors: list[list[ErrorItem]] = field(default_factory=list)
     notes: list[dict[str, list[str]]] = field(default_factory=list)
     worth: list[float] = field(default_factory=list)
+
+    def add(self, arrays: Optional[dict[str, np.ndarray]], errors: list[ErrorItem], notes: dict) -> None:
+        self.arrays.append(arrays)
+        self.errors.append(errors)
+        self.notes.append(notes)
 
     @property
     def graded(self) -> list[dict[str, np.ndarray]]:
@@ -317,8 +322,8 @@ def _key_errors(arrays: dict[str, np.ndarray], base: str, L: int, points: Option
 
 
 def _read_submissions(req: GradeRequest, limits: Limits) -> Batch:
-    """Each submission validated on its own (see ``_keep_malformed``): a malformed single ``submission`` is a 422,
-    a malformed one in the batch form gets its errors; then the element count, before any work."""
+    """The submissions' arrays, the malformed ones of the batch form (see ``_keep_malformed``) set aside with
+    their located errors; then the element count, before any work."""
     batch = req.submissions is not None
     subs = req.submissions if batch else [req.submission]
     where = "submissions" if batch else "submission"
@@ -326,14 +331,10 @@ def _read_submissions(req: GradeRequest, limits: Limits) -> Batch:
         raise _over(where, f"the number of submissions is {len(subs)}, over this service's limit of {MAX_SUBMISSIONS}")
     out = Batch()
     for i, sub in enumerate(subs):
-        base = ("submissions", i) if batch else ("submission",)
         if isinstance(sub, Malformed):
-            errors = _located(sub.exc, base)
-            if not batch:
-                raise InvalidRequest(errors)
-            out.arrays.append(None), out.errors.append(errors), out.notes.append({})
+            out.add(None, _located(sub.exc, ("submissions", i)), {})
         else:
-            out.arrays.append(sub.arrays()), out.errors.append([]), out.notes.append(sub.notes())
+            out.add(sub.arrays(), [], sub.notes())
     elements = sum(a.size for sub in out.graded for a in sub.values())
     if elements > limits.max_elements:
         raise _over(where, f"the submitted arrays hold {elements} numbers, over this service's limit of "
@@ -363,16 +364,21 @@ def prepare_grading(req: GradeRequest, limits: Limits) -> tuple[Prepared, Batch]
                   for key in req.points or {} if key not in valid]
     if bad_points:
         raise InvalidRequest(bad_points)
-    raw = req.submissions if batch else [req.submission]
-    subs.worth = [0.0 if a is not None else float(sum(req.points.values())) if req.points else
-                  float(len(valid & set(r.keys if isinstance(r, Malformed) else r.arrays())))
-                  for a, r in zip(subs.arrays, raw)]
+    subs.worth = [_worth(raw, req.points, valid) if arrays is None else 0.0
+                  for arrays, raw in zip(subs.arrays, req.submissions if batch else [req.submission])]
     _price(req, prep, subs, where)
     if prep.examples_first:
         subs.arrays = [None if sub is None else
                        {k: (a.T if a.ndim == 2 and grading.is_per_example(k) else a) for k, a in sub.items()}
                        for sub in subs.arrays]
     return prep, subs
+
+
+def _worth(raw: Submission | Malformed, points: Optional[dict[str, float]], valid: set[str]) -> float:
+    """What a malformed submission would have been worth: the total of ``points``, else 1 per valid key it has."""
+    if points:
+        return float(sum(points.values()))
+    return float(len(valid & set(raw.keys if isinstance(raw, Malformed) else raw.arrays())))
 
 
 def _price(req: GradeRequest, prep: Prepared, subs: Batch, where: str) -> None:

@@ -1048,7 +1048,7 @@ def _post_raw(client, text: str):
     ('"submission": {"dW1": [[0.1, true]]}', "submission.dW1[0][1]", "float_type"),
     ('"submission": {"dW1": [[0.1, NaN]]}', "submission.dW1[0][1]", "finite_number"),
     ('"submission": {"dW1": [[0.1, 1e400]]}', "submission.dW1[0][1]", "finite_number"),
-    ('"submission": {"dW1": [[0.1, 0.2], [0.3]]}', "submission.dW1[1]", "ragged_matrix"),
+    ('"submission": {"dW1": [[0.1, 0.2], [0.3]]}', "submission.dW1", "ragged_matrix"),
     ('"submission": {"dW1": {"a": 1}}', "submission.dW1", "matrix_or_vector_type"),
     ('"submission": {"dW1": []}', "submission.dW1", "too_short"),
     ('"submission": {"dW1": [[]]}', "submission.dW1[0]", "too_short"),
@@ -1070,14 +1070,23 @@ def _post_raw(client, text: str):
     ('"submission": {"cost": 1.0}, "points": {}', "points", "too_short"),
 ])
 def test_bad_submissions_are_located_422s(client, fragment, location, kind):
-    """A malformed single submission, or a malformed request, is a 422; a malformed submission of a batch is
-    graded as invalid on its own (tests/test_grade_batch.py)."""
+    """A malformed single submission, or a malformed request, is a 422 listing every problem (ragged matrices at
+    the matrix, as everywhere in a request); a malformed submission of a batch is graded as invalid on its own,
+    located to the row (tests/test_grade_batch.py)."""
     text = orjson.dumps(SMALL).decode()[:-1] + ", " + fragment + "}"
     status, problem = _post_raw(client, text)
     assert status == 422, problem
     assert problem["errors"][0]["location"] == location, problem
     assert problem["errors"][0]["type"] == kind
     assert problem["errors"][0]["message"]
+
+
+def test_a_malformed_single_submission_is_reported_with_the_other_problems(client):
+    body = {**SMALL, "rtol": -1.0}
+    text = orjson.dumps(body).decode()[:-1] + ', "submission": {"dW1": [[0.1, "x"]], "cost": [1.0, 2.0]}}'
+    status, problem = _post_raw(client, text)
+    assert status == 422
+    assert {e["location"] for e in problem["errors"]} == {"rtol", "submission.dW1[0][1]", "submission.cost"}
 
 
 def test_empty_submissions_are_graded_when_points_name_the_keys(post):
