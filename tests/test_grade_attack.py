@@ -7,6 +7,8 @@ network. Each search keeps an interval that provably holds the value and narrows
 * ``bucket_bisection``: the power-of-ten error bucket is a comparison. With s = c + D (D a power of ten at least
   the interval's width), ``max_abs_error <= D`` exactly when r >= c. A batch of n such submissions cuts the
   interval into n + 1 parts per request.
+* ``atol_bisection`` (the issue's): with a client-chosen atol at least the interval's width and rtol = 0, s = c + atol
+  is ``correct`` exactly when r >= c; again n + 1 parts per request of n submissions.
 * ``window_scan`` (no error numbers, a fixed tolerance): a guess is ``correct`` exactly when r lies in its window
   [(s - atol)/(1 + rtol), (s + atol)/(1 - rtol)]; the scan lays windows end to end across the prior until one
   answers ``correct``, then bisects on the window's lower edge (s = c (1 + rtol) + atol is correct iff r >= c).
@@ -106,6 +108,22 @@ def bucket_bisection(oracle: Oracle, prior: tuple[float, float], batch: int, rel
     return search
 
 
+def atol_bisection(oracle: Oracle, prior: tuple[float, float], batch: int, rel: float,
+                   max_requests: int = 200) -> Search:
+    """Narrow [lo, hi] around the cost from the ``correct`` bit alone, choosing atol (see the module doc)."""
+    lo, hi = prior
+    search = Search()
+    while hi - lo > rel * max(abs(lo), abs(hi)) / 2 and oracle.requests < max_requests:
+        atol = hi - lo
+        cuts = [lo + (hi - lo) * (j + 1) / (batch + 1) for j in range(batch)]
+        keys = oracle.grade([{"cost": c + atol} for c in cuts], atol=atol, rtol=0.0)
+        above = [k["status"] == "correct" for k in keys]  # r >= cut
+        lo = max([c for c, a in zip(cuts, above) if a], default=lo)
+        hi = min([c for c, a in zip(cuts, above) if not a], default=hi)
+        search.history.append((oracle.requests, lo, hi))
+    return search
+
+
 def _window(s: float, rtol: float, atol: float) -> tuple[float, float]:
     """The r > 0 for which s is graded correct: |s - r| <= atol + rtol r."""
     return (s - atol) / (1 + rtol), (s + atol) / (1 - rtol)
@@ -180,6 +198,9 @@ def measure() -> dict[str, dict[str, int]]:
     for name, batch in (("default", 500), ("single", 1)):
         search = bucket_bisection(Oracle(name), PRIOR, batch, rel=1e-6)
         out[name] = {"1e-3": search.requests_to(J, 1e-3), "1e-6": search.requests_to(J, 1e-6)}
+    search = atol_bisection(Oracle("default"), PRIOR, 500, rel=1e-6)
+    out["default, correct bit with a chosen atol"] = {"1e-3": search.requests_to(J, 1e-3),
+                                                      "1e-6": search.requests_to(J, 1e-6)}
     search = window_scan(Oracle("strict"), NARROW_PRIOR, rel=1e-6)
     out["strict"] = {"1e-3": search.requests_to(J, 1e-3), "1e-6": search.requests_to(J, 1e-6)}
     dW1 = reference(BODY).arrays["dW1"]
@@ -218,6 +239,12 @@ def test_default_policy_pins_a_value_in_a_few_requests(J):
     search = bucket_bisection(Oracle("default"), PRIOR, 500, rel=1e-6)
     assert search.requests_to(J, 1e-3) <= 2
     assert search.requests_to(J, 1e-6) <= 3
+
+
+def test_default_policy_the_issue_atol_search(J):
+    # The issue's search: the correct bit with a chosen atol, 500 guesses a request; the same 2 and 3 requests.
+    search = atol_bisection(Oracle("default"), PRIOR, 500, rel=1e-6)
+    assert search.requests_to(J, 1e-3) <= 2 and search.requests_to(J, 1e-6) <= 3
 
 
 def test_one_submission_per_request_costs_a_bit_per_request(J):
@@ -267,7 +294,7 @@ if __name__ == "__main__":
     J = true_cost()
     print(f"J = {J!r}; prior {PRIOR}, strict scan from {NARROW_PRIOR}")
     for name, counts in measure().items():
-        print(f"{name:32s} to 1e-3: {counts['1e-3']:5d} requests   to 1e-6: {counts['1e-6']:5d} requests")
+        print(f"{name:42s} to 1e-3: {counts['1e-3']:5d} requests   to 1e-6: {counts['1e-6']:5d} requests")
     print(f"strict: {cost_windows()} windows an answer; no search needs fewer than {strict_lower_bound(NARROW_PRIOR)} "
           f"requests over {NARROW_PRIOR}, {strict_lower_bound((0.1, 1.0))} over (0.1, 1)")
     print(f"({time.perf_counter() - t:.1f} s)")
