@@ -167,7 +167,7 @@ def test_nothing_configured_keeps_the_open_behaviour(post):
     ({"policies": {"a": {"limit": 3}}}, "GRADIENT_POLICIES (a.limit): Extra inputs are not permitted"),
     ({"policies": {"a": {"keys": [GRADER_KEY]}, "b": {"keys": [GRADER_KEY]}}}, "also listed in policy 'a'"),
     ({"api_keys": [GRADER_KEY], "policies": {"a": {"keys": [GRADER_KEY]}}}, "also listed in GRADIENT_API_KEYS"),
-    ({"default_policy": {"keys": [GRADER_KEY]}}, "GRADIENT_DEFAULT_POLICY"),
+    ({"default_policy": {"keys": [GRADER_KEY]}}, "GRADIENT_DEFAULT_POLICY: Value error, the default policy has no keys"),
 ])
 def test_bad_policies_stop_the_start_naming_the_setting(config, message):
     with pytest.raises(ConfigError) as err:
