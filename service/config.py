@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.limits import Limits
+from schemas.policy import Policy, check_unique_keys
 
 _DEFAULTS = Limits()
 
@@ -54,6 +55,17 @@ class Settings(BaseSettings):
         default_factory=list, description="Bearer keys for /v1/... routes, comma-separated; none: the service is open.")
     metrics_require_key: bool = Field(default=False, description="Whether /metrics also needs an API key.")
 
+    # --- grading policies and rate limits (schemas/policy.py; README "Threat model") ---
+    policies: dict[str, Policy] = Field(
+        default_factory=dict, description="Named policies as JSON, each with its `keys` and limits: "
+                                          '{"strict": {"keys": ["..."], "reveal": false, "max_submissions": 1}}.')
+    default_policy: Policy = Field(
+        default_factory=Policy, description="The policy (JSON, without keys) of the keys in GRADIENT_API_KEYS and of "
+                                            "anonymous use when no key is configured; default: no limit.")
+    rate_limit_storage: str = Field(
+        default="memory://", description="Where rate-limit counters live: memory:// (per worker process) or "
+                                         "redis://host:port/db (shared by every worker and replica).")
+
     # --- per-request limits ---
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0, description="Largest request body; larger is a 413.")
     max_layers: int = Field(default=_DEFAULTS.max_layers, gt=0, description="Most layers in one network.")
@@ -81,6 +93,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"API key #{i + 1} is shorter than 16 characters")
         return keys
 
+    @field_validator("default_policy")
+    @classmethod
+    def _default_has_no_keys(cls, policy: Policy) -> Policy:
+        if policy.keys:
+            raise ValueError("the default policy has no keys of its own: list keys in GRADIENT_POLICIES")
+        return policy
+
+    @field_validator("policies")
+    @classmethod
+    def _one_policy_per_key(cls, policies: dict[str, Policy], info: ValidationInfo) -> dict[str, Policy]:
+        check_unique_keys(info.data.get("api_keys", []), policies)
+        return policies
+
     @model_validator(mode="after")
     def _defaults_from_cores(self) -> "Settings":
         cores = _cpu_count()
@@ -104,6 +129,7 @@ class Settings(BaseSettings):
             lines = []
             for err in exc.errors(include_url=False):
                 name = str(err["loc"][0]) if err["loc"] else "?"
-                lines.append(f"  GRADIENT_{name.upper()}: {err['msg']}")
+                inside = ".".join(str(part) for part in err["loc"][1:])  # e.g. a policy's field
+                lines.append(f"  GRADIENT_{name.upper()}{f' ({inside})' if inside else ''}: {err['msg']}")
             message = "invalid configuration:\n" + "\n".join(lines)
             raise ConfigError(message) from None

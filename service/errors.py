@@ -6,6 +6,8 @@ import logging
 
 import orjson
 from flask import Flask, Response, current_app, g, request
+from flask_limiter import RateLimitExceeded
+from limits.errors import StorageError
 from werkzeug.exceptions import HTTPException
 
 from schemas.errors import PROBLEM_TYPE_PREFIX, ErrorItem, InvalidRequest
@@ -63,6 +65,27 @@ def _http_error(exc: HTTPException) -> Response:
                             headers=headers)
 
 
+def _rate_limited(exc: RateLimitExceeded) -> Response:
+    # Raised by flask-limiter (service.hooks), which left the window's reset time and the limit in g.
+    caller = g.get("caller")
+    keyed = caller is not None and caller.rate_key.startswith("key:")
+    whose = f"this key's policy {caller.policy_name!r}" if keyed else "the policy of anonymous use"
+    retry = g.get("retry_after", 1)
+    detail = f"over the rate limit of {whose} ({g.get('rate_limit_text', exc.description)}): retry after {retry} s"
+    item = ErrorItem(location="header.Authorization" if keyed else "request", message=detail, type="rate_limited")
+    return problem_response(429, "Too Many Requests", detail, [item], slug="rate-limited",
+                            headers={"Retry-After": str(retry)})
+
+
+def _store_down(exc: StorageError) -> Response:
+    # Fail closed: without its counter a rate limit cannot be kept, and a 500 would say the request was at fault.
+    log.error("rate-limit store unreachable: %s: %s", type(exc.storage_error).__name__, exc.storage_error)
+    detail = "the rate-limit store (GRADIENT_RATE_LIMIT_STORAGE) cannot be reached; retry later"
+    return problem_response(503, "Service Unavailable", detail,
+                            [ErrorItem(location="request", message=detail, type="rate_limit_store_unavailable")],
+                            slug="rate-limit-store-unavailable", headers={"Retry-After": "5"})
+
+
 def _unexpected(exc: Exception) -> Response:
     # The traceback goes to the log, never to the client.
     log.exception("unhandled error on %s %s", request.method, request.path)
@@ -72,5 +95,7 @@ def _unexpected(exc: Exception) -> Response:
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(InvalidRequest, _invalid_request)
     app.register_error_handler(NumericalOverflow, _overflow)
+    app.register_error_handler(RateLimitExceeded, _rate_limited)
+    app.register_error_handler(StorageError, _store_down)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

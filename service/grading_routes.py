@@ -9,12 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, g
 
 from schemas.explain import ExplainRequest, ExplainResponse, explain_to_wire, prepare_explain
 from schemas.gradient_check import (DEFAULT_MAX_FORWARD_PASSES, GradientCheckRequest, GradientCheckResponse,
                                     check_to_wire, prepare_check)
-from schemas.grading import MAX_SUBMISSIONS, GradeAnyResponse, GradeRequest, grade_to_wire, prepare_grading
+from schemas.grading import (MAX_SUBMISSIONS, GradeAnyResponse, GradeRequest, apply_policy, grade_to_wire,
+                             prepare_grading)
+from schemas.policy import Policy
 from service import engine, metrics
 from service.engine import explain as explain_engine
 from service.engine import gradcheck, grading
@@ -72,28 +74,34 @@ EXPLAIN_EXAMPLES = {
                 "the submission matches that mistake within the tolerance. An entry passes when "
                 "|s - r| <= atol + rtol |r| (defaults rtol = 1e-5, atol = 1e-8); null reference entries (not "
                 "representable) are not graded, and cost and dA_L also pass where they match the course's formula "
-                "evaluated from the rounded A_L. Without `reveal` no number of the response lets one rebuild a "
-                "reference value (errors are rounded up to powers of ten); with it the reference is sent once, as "
-                "`reference`. The batch is priced before any work (422 `limit_exceeded` over the limits). "
-                "`format: gradescope` returns a Gradescope results.json as it is.",
-    request=GradeRequest, response=GradeAnyResponse, errors=(400, 413, 415, 422), tags=("grading",),
+                "evaluated from the rounded A_L. Without `reveal` no number of the response is computed from the "
+                "reference but the errors, rounded up to powers of ten (none at all under a policy with "
+                "`feedback: status`); with it the reference is sent once, as `reference`. In the batch form each "
+                "submission is validated on its own: a malformed one gets a result with `status: invalid` and its "
+                "located errors, the others are graded. The batch is priced before any work (422 `limit_exceeded` "
+                "over the limits). The API key's policy (a service setting) may forbid `reveal`, bound the "
+                "tolerances and the batch size (403 naming the field and the policy) and limit the rate (429 with "
+                "Retry-After). `format: gradescope` returns a Gradescope results.json as it is.",
+    request=GradeRequest, response=GradeAnyResponse, errors=(400, 403, 413, 415, 422), tags=("grading",),
     response_description="`format: native`: `result` (or `results` in the batch form). `format: gradescope`: a "
                          "Gradescope results.json (or `{\"results\": [...]}`, one per submission).",
     secured=True, examples=GRADE_EXAMPLES)
 def grade():
     """Grade one submission or a batch against one reference."""
     req = parse_body(GradeRequest)
+    caller = g.get("caller")  # set by service.hooks from the API key
+    effective = apply_policy(req, caller.policy if caller else Policy(), caller.policy_name if caller else "default")
     limits = current_app.config["SETTINGS"].limits()
-    prep, submissions = prepare_grading(req, limits)  # priced before any work: 422 over the limits
-    tol = grading.Tolerance(req.rtol, req.atol)
+    prep, subs = prepare_grading(req, limits)  # priced before any work: 422 over the limits
+    tol = effective.tolerance
     with metrics.COMPUTE.time():
         # The mistaken-backprop hypotheses may re-run at most one request's worth of work (GRADIENT_MAX_WORK) and
         # keep at most one pass's worth of numbers (GRADIENT_MAX_ACTIVATIONS); the rest are skipped with a note.
         ref = grading.build_reference(prep.X, prep.Y, prep.layers, req.cost, l2=req.l2, dropout=prep.dropout,
                                       intermediates=req.intermediates, db_as_vector=prep.b_is_vector,
                                       variant_work=limits.max_work, variant_elements=limits.max_activations)
-        grades = grading.grade_all(ref, submissions, tol, req.points, lenient_shapes=req.shape_policy == "lenient")
-    return json_response(grade_to_wire(grades, ref, prep, req))
+        grades = grading.grade_all(ref, subs.graded, tol, req.points, lenient_shapes=req.shape_policy == "lenient")
+    return json_response(grade_to_wire(grades, ref, prep, req, subs, effective))
 
 
 @bp.post("/v1/gradient-check")

@@ -23,10 +23,12 @@ ERROR_TEXT = {
     404: "No such route.",
     405: "Method not allowed on this route.",
     413: "Body over the size limit; refused before it is read.",
+    403: "Not allowed by the policy of this API key (service setting): the field and the policy are named.",
     415: "Content-Type is not application/json.",
     422: "The body parsed but is invalid: every problem is listed with its location.",
+    429: "Over the rate limit of this API key's policy; `Retry-After` says when to retry.",
     500: "Unexpected failure (logged; no traceback is sent).",
-    503: "Not ready: a readiness check failed.",
+    503: "Not ready (a readiness check failed), or the rate-limit store cannot be reached.",
 }
 
 
@@ -107,7 +109,7 @@ def build_spec(app: Flask, version: str) -> dict:
         op["responses"]["200"] = ok
         statuses = set(doc.errors) | {404, 405, 500}
         if doc.secured:
-            statuses.add(401)
+            statuses |= {401, 403, 429, 503}  # key, its policy's routes and rate limit, the limit's store
             op["security"] = [{"bearerAuth": []}, {}]
         problem_ref = refs[(Problem, "serialization")]
         for status in sorted(statuses):

@@ -37,7 +37,8 @@ When several hypotheses fit, the best (smallest ``max |s - c| / (atol + rtol |c|
 are listed as alternatives. A scalar multiple ``c r`` fitted by least squares (``c = <s, r> / <r, r>``) is reported
 as ``scaled_by_constant`` only when no named hypothesis fits and the reference has two nonzero entries or more.
 ``Diagnosis.fitted`` names the evidence computed from the reference's values (a fitted ratio, the error under the
-hypothesis), which a caller that keeps the reference secret must coarsen.
+hypothesis), which a caller that keeps the reference secret must leave out. Messages hold no number computed from
+the reference (only the request's constants: m, lambda, keep_prob, a slope), so they can always be shown.
 """
 
 from __future__ import annotations
@@ -549,9 +550,9 @@ def _make_variant(ref: Reference, h: Hypothesis) -> tuple[str, Array, Array | No
             if not zeros.any():
                 return None
             dZ = ref.per_example("dA", l) * np.where(zeros, 1.0, unit.derivative(cache.Z, cache.G, slope))
-            return (f"{layer.activation}'(0) was taken as 1 at the {int(zeros.sum())} entries where Z{l} = 0 (the "
-                    f"derivative there is {0.0 if layer.activation == 'relu' else slope}: use Z > 0, not Z >= 0)",
-                    dZ, None)
+            # The count of Z = 0 entries is the reference's, so the message does not give it.
+            return (f"{layer.activation}'(0) was taken as 1 at the entries where Z{l} = 0 (the derivative there is "
+                    f"{0.0 if layer.activation == 'relu' else slope}: use Z > 0, not Z >= 0)", dZ, None)
         if h.code == "dAL_sent_as_dZL":
             return (f"dZ{L} was taken to be dA{L}: the output activation's derivative g'(Z{L}) was left out of "
                     f"dZ{L} = dA{L} * g'(Z{L})", ref.per_example("dA", L).copy(), None)
@@ -760,10 +761,8 @@ def _scaled(ref: Reference, name: str, s: Array, tol: Tolerance) -> Diagnosis | 
     ok = ~np.isnan(c)
     if _all_close(c, R, tol) or _fit(s, c, ok, tol) is None:
         return None
-    if abs(ratio - 1) < 0.05:  # two digits of the factor (all a caller keeping the reference secret may show) say 1.0
-        message = f"{name} is the reference times a constant factor close to 1: every entry is off by the same fraction"
-    else:
-        message = f"{name} is about {ratio:.2g} times the reference (a constant factor)"
+    # The message names no factor: the factor is fitted to the reference, and shown (as evidence) only with reveal.
+    message = f"{name} is the reference times a constant factor: every entry is off by the same fraction"
     return Diagnosis("scaled_by_constant", message, None,
                      {"ratio": ratio, "max_abs_error_under_hypothesis": float(np.max(np.abs(s[ok] - c[ok])))},
                      fitted=("ratio", "max_abs_error_under_hypothesis"))
