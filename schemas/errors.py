@@ -7,7 +7,6 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from schemas.arrays import MORE_ERRORS
-from schemas.common import UNION_TAGS
 
 PROBLEM_TYPE_PREFIX = "urn:gradient-service:problem:"
 
@@ -49,18 +48,13 @@ FIELD_HINTS = {"alpha": "negative_slope", "slope": "negative_slope", "lambda": "
                "weights": "W", "bias": "b", "labels": "Y", "inputs": "X"}
 
 
-def format_location(loc: tuple[Any, ...], field_named_last: bool = False) -> str:
-    """('layers', 1, 'W', 0, 3) -> 'layers[1].W[0][3]'; () -> 'body'.
-
-    pydantic puts the tag of a matrix-or-vector union into the location; it is dropped, except as the last part
-    of an error about a field name (``field_named_last``), where it is the client's own key.
-    """
+def format_location(loc: tuple[Any, ...]) -> str:
+    """('layers', 1, 'W', 0, 3) -> 'layers[1].W[0][3]'; () -> 'body'."""
     out = ""
-    last = len(loc) - 1
-    for i, part in enumerate(loc):
+    for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part not in UNION_TAGS or (field_named_last and i == last):
+        else:
             out += f".{part}" if out else str(part)
     return out or "body"
 
@@ -108,6 +102,6 @@ def from_validation_error(exc: ValidationError) -> InvalidRequest:
     the request ``truncated``."""
     errors = exc.errors(include_url=False)
     truncated = any(e["type"] == MORE_ERRORS for e in errors)
-    items = [ErrorItem(location=format_location(e["loc"], e["type"] in ("extra_forbidden", "missing")),
+    items = [ErrorItem(location=format_location(e["loc"]),
                        message=_message(e), type=e["type"]) for e in errors if e["type"] != MORE_ERRORS]
     return InvalidRequest(items, truncated=truncated)

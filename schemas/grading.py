@@ -31,7 +31,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Di
 from pydantic_core import PydanticCustomError
 
 # The matrix-or-vector parsing of schemas.common, reused for arrays whose entries may be null (None -> NaN).
-from schemas.common import FiniteFloat, matrix_or_vector, to_matrix, to_vector
+from schemas.arrays import MORE_ERRORS, NullableMatrixOrVector
+from schemas.common import FiniteFloat
 from schemas.errors import ErrorItem, InvalidRequest, format_location, from_validation_error
 from schemas.gradescope import VISIBILITIES, GradescopeResponse, document, invalid_document, shape_text
 from schemas.gradients import GradientRequest, Prepared, prepare
@@ -54,13 +55,8 @@ NotUsed = StrictBool
 
 NumberOrNull = Optional[FiniteFloat]
 
-SubmittedArray = Annotated[
-    Union[Annotated[list[Annotated[list[NumberOrNull], Len(min_length=1)]], Len(min_length=1),
-                    AfterValidator(to_matrix), Tag("matrix")],
-          Annotated[list[NumberOrNull], Len(min_length=1), AfterValidator(to_vector), Tag("vector")]],
-    Discriminator(matrix_or_vector, custom_error_type="matrix_or_vector_type",
-                  custom_error_message="expected a list of numbers or a list of rows of numbers (null allowed)"),
-]
+# A matrix or vector whose entries may be null (NaN): one submitted answer.
+SubmittedArray = NullableMatrixOrVector
 
 
 def _cost_shape(value: Any) -> tuple[int, ...] | None:
@@ -296,11 +292,12 @@ def _located(exc: ValidationError, base: tuple) -> list[ErrorItem]:
     """pydantic's errors of one submission, located from the request's root (``base``: ('submissions', 2)); a
     ragged matrix is located at its first short or long row."""
     items = []
-    for err, item in zip(exc.errors(include_url=False), from_validation_error(exc).errors):
+    raw = [e for e in exc.errors(include_url=False) if e["type"] != MORE_ERRORS]  # as from_validation_error does
+    for err, item in zip(raw, from_validation_error(exc).errors):
         loc = (*base, *err["loc"])
         if err["type"] == "ragged_matrix":
             loc = (*loc, err["ctx"]["row"])
-        location = format_location(loc, err["type"] in ("extra_forbidden", "missing"))
+        location = format_location(loc)
         items.append(ErrorItem(location=location, message=item.message, type=item.type))
     return items
 
