@@ -350,3 +350,13 @@ def test_sigterm_turns_readiness_503_while_in_flight_requests_finish(tmp_path):
     finally:
         if proc.poll() is None:
             stop(proc)
+
+
+@pytest.mark.parametrize("threads, worker_class", [("1", "service.worker.GeventWorker"), ("2", "gthread")])
+def test_gunicorn_conf_picks_the_gevent_worker_unless_threads_are_asked_for(tmp_path, threads, worker_class):
+    env = {**os.environ, "GRADIENT_THREADS": threads, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m")}
+    out = subprocess.run([str(GUNICORN), "-c", str(ROOT / "gunicorn.conf.py"), "--print-config", "service.wsgi:app"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60).stdout
+    config = {k.strip(): v.strip() for k, _, v in (line.partition(" = ") for line in out.splitlines()) if v}
+    assert config["worker_class"] == worker_class, out[:2000]
+    assert config["keepalive"] == "0"
