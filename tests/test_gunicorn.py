@@ -360,3 +360,29 @@ def test_gunicorn_conf_picks_the_gevent_worker_unless_threads_are_asked_for(tmp_
     config = {k.strip(): v.strip() for k, _, v in (line.partition(" = ") for line in out.splitlines()) if v}
     assert config["worker_class"] == worker_class, out[:2000]
     assert config["keepalive"] == "0"
+
+
+def test_body_budget_waits_new_bodies_refuses_past_hard_and_never_deadlocks():
+    """service.worker.BodyBudget on its own (gevent's hub, no server): the rules that bound the memory of bodies."""
+    import gevent
+    from werkzeug.exceptions import ServiceUnavailable
+
+    from service.worker import BodyBudget
+
+    budget = BodyBudget(soft=10, hard=20)
+    budget.admit(started=False, deadline=time.monotonic() + 1)  # room: admitted at once
+    budget.add(12)
+    t0 = time.monotonic()
+    with pytest.raises(ServiceUnavailable):  # over soft: a new body waits, then gives up at its deadline
+        budget.admit(started=False, deadline=time.monotonic() + 0.2)
+    assert 0.15 < time.monotonic() - t0 < 2
+    budget.admit(started=True, deadline=time.monotonic() + 1)  # a started body never waits below hard
+    budget.add(8)
+    with pytest.raises(ServiceUnavailable):  # ...and is refused at hard
+        budget.admit(started=True, deadline=time.monotonic() + 1)
+    waiter = gevent.spawn(budget.admit, False, time.monotonic() + 5)
+    gevent.sleep(0.05)
+    assert not waiter.ready()  # waiting for room
+    budget.release(15)  # 5 left: under soft, the waiter goes on
+    waiter.join(timeout=2)
+    assert waiter.successful() and budget.used == 5
