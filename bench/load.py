@@ -41,6 +41,33 @@ def tiny_request() -> dict:
             "X": rng.standard_normal((2, 4)).tolist(), "Y": [[1, 0, 1, 0]], "cost": "binary_cross_entropy"}
 
 
+def percentile(sorted_values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of an ascending list; nan when empty."""
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, max(0, int(round(p / 100 * len(sorted_values))) - 1))]
+
+
+def provenance() -> list[str]:
+    """Markdown lines naming when, where and what was measured: UTC date, CPU model and cores, commit."""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        model = next(l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name"))
+    except (OSError, StopIteration, subprocess.SubprocessError):
+        model = platform.processor() or "unknown CPU"
+    git = ["git", "-C", str(ROOT)]
+    try:
+        commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True).stdout.strip()
+    except OSError:
+        commit, dirty = "unknown", ""
+    return [f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+            f"- machine: {model}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}; "
+            f"load average before the run {os.getloadavg()[0]:.2f}",
+            f"- commit: {commit}{' (with uncommitted changes)' if dirty else ''}"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -63,19 +90,8 @@ def wrk(url: str, duration: int, connections: int, script: Path | None) -> dict:
             "non_2xx": int(errors.group(1)) if errors else 0, "raw": out}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=8)
-    args = parser.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("wrk is not installed (apt-get install wrk)")
-
-    tmp = Path(tempfile.mkdtemp(prefix="gradient-load-"))
-    body = json.dumps(tiny_request())
-    script = tmp / "post.lua"
-    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f"wrk.body = {json.dumps(body)}\n")
+def start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
+    """gunicorn with gunicorn.conf.py serving bench/load_app.py on a free 127.0.0.1 port, once it is ready."""
     port = free_port()
     env = {**os.environ, "GRADIENT_BIND": f"127.0.0.1:{port}", "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
            "GRADIENT_LOG_LEVEL": "warning"}
@@ -85,13 +101,35 @@ def main() -> None:
     server = subprocess.Popen([str(gunicorn), "-c", str(ROOT / "gunicorn.conf.py"), "load_app:app"], cwd=ROOT,
                               env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(base + "/readyz", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.2)
+    return server, base
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--mixed", action="store_true",
+                        help="the mixed load instead: valid, invalid and slow clients on 64 connections "
+                             "(default duration then 180 s); writes bench/load_mixed_results.md")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    if args.mixed:
+        return mixed(args.duration if args.duration != 10 else 180)
+
+    tmp = Path(tempfile.mkdtemp(prefix="gradient-load-"))
+    body = json.dumps(tiny_request())
+    script = tmp / "post.lua"
+    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = {json.dumps(body)}\n")
+    server, base = start_server(tmp)
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(base + "/readyz", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.2)
         check = urllib.request.Request(base + "/v1/gradients", data=body.encode(),
                                        headers={"Content-Type": "application/json"})
         assert urllib.request.urlopen(check).status == 200
@@ -134,6 +172,95 @@ def main() -> None:
     ]
     (ROOT / "bench" / "load_results.md").write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+# ------------------------------------------------------------------------------------------- the mixed load (issue 7)
+MIXED_LUA = r"""
+-- Each request: the example POST (valid, 60%), malformed JSON (15%), a 422 (shape error, 15%), GET /healthz (10%).
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args)
+  counts = {}
+  valid = args[1]; invalid = args[2]
+end
+function request()
+  local r = math.random(100)
+  local h = {["Content-Type"] = "application/json"}
+  if r <= 60 then return wrk.format("POST", "/v1/gradients", h, valid)
+  elseif r <= 75 then return wrk.format("POST", "/v1/gradients", h, '{"layers": [')
+  elseif r <= 90 then return wrk.format("POST", "/v1/gradients", h, invalid)
+  else return wrk.format("GET", "/healthz") end
+end
+function response(status, headers, body)
+  counts[status] = (counts[status] or 0) + 1
+end
+function done(summary, latency, requests)
+  local total = {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("counts")) do total[k] = (total[k] or 0) + v end
+  end
+  for k, v in pairs(total) do io.write(string.format("STATUS %d %d\n", k, v)) end
+end
+"""
+
+
+def mixed(duration: int, connections: int = 64, slow: int = 8) -> None:
+    """64 connections for `duration` s: wrk keeps 56 busy with valid and invalid requests (MIXED_LUA), 8 threads
+    here dribble headers or bodies at 1 byte/s (reconnecting when cut off). Writes bench/load_mixed_results.md."""
+    import threading
+
+    import slow_clients  # bench/slow_clients.py: its dribbler
+
+    tmp = Path(tempfile.mkdtemp(prefix="gradient-mixed-"))
+    script = tmp / "mixed.lua"
+    script.write_text(MIXED_LUA)
+    valid = json.dumps(tiny_request())
+    bad = tiny_request()
+    bad["X"] = bad["X"][:1]  # X has 1 row where layers[0].W needs 2: a 422
+    server, base = start_server(tmp)
+    stop = threading.Event()
+    stats = {"connections": 0, "cut": 0}
+    port = int(base.rsplit(":", 1)[1])
+    dribblers = [threading.Thread(target=slow_clients.dribbler,
+                                  args=("127.0.0.1", port, "headers" if i % 2 else "bodies", stop, stats), daemon=True)
+                 for i in range(slow)]
+    try:
+        for t in dribblers:
+            t.start()
+        time.sleep(1)
+        cmd = ["wrk", "-t2", f"-c{connections - slow}", f"-d{duration}s", "--latency", "--timeout", "5s",
+               "-s", str(script), base, "--", valid, json.dumps(bad)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
+    finally:
+        stop.set()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=180)
+        for t in dribblers:
+            t.join(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    statuses = {int(k): int(v) for k, v in re.findall(r"STATUS (\d+) (\d+)", out)}
+
+    def latency(p: str) -> str:
+        m = re.search(rf"\s{p}%\s+([\d.]+\w+)", out)
+        return m.group(1) if m else "?"
+
+    socket_errors = re.search(r"Socket errors:.*", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)
+    server_errors = sum(n for code, n in statuses.items() if code >= 500)
+    lines = ["# Mixed load (bench/load.py --mixed)", "", *provenance(),
+             f"- gunicorn.conf.py defaults on 127.0.0.1; {connections} connections for {duration} s: wrk -t2 "
+             f"-c{connections - slow} (60% valid POST /v1/gradients [2, 4, 1] m = 4, 15% malformed JSON, 15% a 422, "
+             f"10% GET /healthz) and {slow} slow clients at 1 byte/s (half headers, half bodies; reconnecting "
+             "when cut off); wrk shares the 2 cores", "",
+             "| requests/s | p50 | p90 | p99 | statuses | 5xx | socket errors | slow connections opened / cut |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| {rps} | {latency('50')} | {latency('90')} | {latency('99')} | "
+             f"{', '.join(f'{k}: {v}' for k, v in sorted(statuses.items()))} | {server_errors} | "
+             f"{socket_errors.group(0) if socket_errors else 'none'} | {stats['connections']} / {stats['cut']} |", ""]
+    text = "\n".join(lines)
+    (ROOT / "bench" / "load_mixed_results.md").write_text(text)
+    print(text)
+    print(out)
 
 
 if __name__ == "__main__":

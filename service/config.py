@@ -48,6 +48,17 @@ class Settings(BaseSettings):
     max_requests_jitter: int = Field(default=2000, ge=0, description="Random extra requests before that restart.")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(default="info", description="Log level.")
 
+    # --- slow clients and shutdown (read by gunicorn.conf.py and service/worker.py) ---
+    header_timeout: int = Field(default=10, ge=1, le=3600,
+                                description="Seconds for a request line and headers to arrive; then 408 (or the "
+                                            "connection is closed when nothing arrived).")
+    body_timeout: int = Field(default=60, ge=1, le=3600,
+                              description="Seconds for a request body to arrive (then 408), and for the client to take "
+                                          "each write of the response.")
+    drain_seconds: int = Field(default=0, ge=0, le=3600,
+                               description="On SIGTERM, seconds during which /readyz answers 503 while requests are "
+                                           "still served, before gunicorn stops accepting.")
+
     # --- HTTP ---
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Browser origins allowed by CORS, comma-separated; none by default.")

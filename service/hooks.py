@@ -21,6 +21,9 @@ from service.config import Settings
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 PROTECTED_PREFIX = "/v1"
+# Metric labels come from fixed sets only, never from the request: a client sending random methods must not create
+# a series per method (the route label is the URL rule, or "unmatched").
+METRIC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,8 @@ def install(app: Flask, settings: Settings) -> None:
         response.headers["X-Request-ID"] = g.get("request_id", "")
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         status = response.status_code
-        metrics.REQUESTS.labels(route, request.method, str(status)).inc()
+        method = request.method if request.method in METRIC_METHODS else "other"
+        metrics.REQUESTS.labels(route, method, str(status)).inc()
         if "start" in g:
             metrics.LATENCY.labels(route).observe(time.perf_counter() - g.start)
         if request.content_length:
@@ -103,7 +107,9 @@ def install(app: Flask, settings: Settings) -> None:
 
     if settings.cors_origins:
         CORS(app, origins=settings.cors_origins, allow_headers=["Content-Type", "Authorization", "X-Request-ID"],
-             expose_headers=["X-Request-ID"], methods=["GET", "POST", "OPTIONS"], max_age=600, vary_header=True)
+             expose_headers=["X-Request-ID"], methods=["GET", "POST", "OPTIONS"], max_age=600, vary_header=True,
+             # No Origin, no CORS request: send nothing (flask-cors would list every allowed origin).
+             always_send=False)
 
         @app.after_request
         def _vary_on_origin(response):

@@ -12,7 +12,7 @@ from flask_swagger_ui import get_swaggerui_blueprint
 
 from schemas.gradients import LAYOUTS
 from schemas.meta import ActivationInfo, CostInfo, Health, ServiceInfo
-from service import engine, metrics
+from service import engine, lifecycle, metrics
 from service.engine import ACTIVATIONS, COSTS, INTERMEDIATES, Layer
 from service.http import json_response
 from service.openapi import build_spec, documented
@@ -49,8 +49,12 @@ def healthz():
 
 @bp.get("/readyz")
 @documented("Readiness: the engine answers two tiny built-in networks exactly.", response=Health,
-            errors=(503,), tags=("operations",))
+            errors=(503,), tags=("operations",),
+            description="503 with status `draining` from SIGTERM on (GRADIENT_DRAIN_SECONDS): the service is stopping.")
 def readyz():
+    if lifecycle.draining():
+        # Still serving, but stopping: balancers that probe readiness send new requests elsewhere.
+        return json_response({"status": "draining", "checks": {"draining": "shutting down"}}, status=503)
     checks = _readiness_checks()
     ready = all(v == "ok" for v in checks.values())
     return json_response({"status": "ok" if ready else "failing", "checks": checks}, status=200 if ready else 503)

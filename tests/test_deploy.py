@@ -220,6 +220,9 @@ def test_lock_is_closed_under_the_requirements_of_its_installed_pins():
     from importlib.metadata import PackageNotFoundError, distribution
 
     pins = _lock_pins()
+    # Extras pyproject asks for (gunicorn[gevent]) are requirements too.
+    extras = {canonicalize_name(r.name): r.extras for r in map(Requirement, tomllib.loads(
+        (ROOT / "pyproject.toml").read_text())["project"]["dependencies"])}
     checked = 0
     for name, (_, version) in pins.items():
         try:
@@ -231,7 +234,7 @@ def test_lock_is_closed_under_the_requirements_of_its_installed_pins():
         checked += 1
         for spec in dist.requires or []:
             req = Requirement(spec)
-            if req.marker and not req.marker.evaluate({"extra": ""}):
+            if req.marker and not any(req.marker.evaluate({"extra": e}) for e in ("", *extras.get(name, ()))):
                 continue
             dep = canonicalize_name(req.name)
             assert dep in pins, f"{name}=={version} needs {req.name}, which requirements.lock lacks"
@@ -411,3 +414,68 @@ def test_container_end_to_end():
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(pytest.main([__file__, *sys.argv[1:]]))
+
+
+# --------------------------------------------------------------------------------------------- stopping (issue 7)
+def _k8s_env(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_kubernetes_stop_outlasts_the_longest_request():
+    """preStop delay, then the drain, then the graceful stop; the grace period covers all three, and the graceful
+    stop is as long as the longest request (GRADIENT_TIMEOUT)."""
+    pod = _k8s()["Deployment"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = _k8s_env(c)
+    command = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "python", "the image is only guaranteed to have its interpreter"
+    pre_stop = float(re.search(r"sleep\((\d+(?:\.\d+)?)\)", command[-1]).group(1))
+    drain, graceful = int(env["GRADIENT_DRAIN_SECONDS"]), int(env["GRADIENT_GRACEFUL_TIMEOUT"])
+    longest = int(env.get("GRADIENT_TIMEOUT") or Settings.model_fields["timeout"].default)
+    assert pre_stop >= 5 and drain > 0
+    assert graceful >= longest
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain + graceful
+    # The drain is seen by readiness probes while the pod still serves.
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_SCALE], ids=lambda p: p.name)
+def test_compose_stop_grace_outlasts_drain_and_graceful_stop(path):
+    svc = _compose(path)["services"]["gradient-service"]
+    env = {k: _defaults(v) for k, v in svc["environment"].items()}
+    grace = int(svc["stop_grace_period"].rstrip("s"))
+    assert int(env["GRADIENT_GRACEFUL_TIMEOUT"]) >= int(env["GRADIENT_TIMEOUT"])
+    assert grace > int(env["GRADIENT_DRAIN_SECONDS"]) + int(env["GRADIENT_GRACEFUL_TIMEOUT"])
+    for name in ("GRADIENT_HEADER_TIMEOUT", "GRADIENT_BODY_TIMEOUT"):
+        assert name in env
+
+
+def _nginx_code() -> str:
+    return "\n".join(line.split("#")[0] for line in NGINX_CONF.read_text().splitlines())
+
+
+def test_nginx_retries_a_failed_replica_and_buffers_whole_requests():
+    code = _nginx_code()
+    retry = re.search(r"proxy_next_upstream\s+([^;]+);", code).group(1).split()
+    assert {"error", "non_idempotent"} <= set(retry), retry  # POSTs too: they are pure computations
+    assert re.search(r"proxy_next_upstream_timeout\s+\d+s;", code)
+    for directive in ("proxy_request_buffering on", "proxy_buffering on"):
+        assert re.search(directive.replace(" ", r"\s+") + ";", code), directive
+    fail_timeout = re.search(r"fail_timeout=(\d+)s", code)
+    assert fail_timeout and int(fail_timeout.group(1)) <= 5, "a restarted replica must not stay left out for long"
+
+
+def test_nginx_answers_its_own_errors_as_problem_json():
+    code = _nginx_code()
+    pages = dict(re.findall(r"error_page\s+(\d+)\s+(\S+);", code))
+    assert {"400", "413", "414", "494", "502", "503", "504"} <= set(pages)
+    for status, uri in pages.items():
+        block = re.search(rf"^\s*location\s+=\s+{re.escape(uri)}\s*\{{(.*)\}}\s*$", code, re.M)  # one line each
+        assert block, uri
+        assert "internal;" in block.group(1) and "default_type application/problem+json;" in block.group(1)
+        returned, body = re.search(r"return\s+(\d+)\s+'([^']*)'", block.group(1)).groups()
+        problem = json.loads(body.replace("$gradient_request_id", "x"))
+        # error_page keeps the original status (494 goes out as 400): the body must say the one sent.
+        sent = 400 if status == "494" else int(status)
+        assert problem["status"] == int(returned) == sent, uri
+        assert problem["errors"][0]["type"] == f"http_{sent}" and problem["request_id"] == "x"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -154,3 +155,234 @@ def test_chunked_bodies_obey_the_size_limit(tmp_path):
         assert status == 413, body
     finally:
         stop(proc)
+
+
+# --------------------------------------------------------------------------------------------- hardening (issue 7)
+def raw_exchange(base: str, data: bytes, timeout: float = 15) -> tuple[float, bytes]:
+    """Send ``data`` on a fresh connection, read until the server closes it; (seconds taken, bytes received)."""
+    url = urllib.parse.urlsplit(base)
+    start = time.monotonic()
+    with socket.create_connection((url.hostname, url.port), timeout=timeout) as s:
+        s.sendall(data)
+        received = b""
+        while chunk := s.recv(65536):
+            received += chunk
+    return time.monotonic() - start, received
+
+
+def parse_response(raw: bytes) -> tuple[int, dict, bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def assert_problem(raw: bytes, status: int, location: str | None = None) -> dict:
+    code, headers, body = parse_response(raw)
+    assert code == status, raw[:400]
+    assert headers["content-type"] == "application/problem+json", raw[:400]
+    problem = json.loads(body)
+    assert problem["status"] == status and problem["errors"], problem
+    assert problem["request_id"] == headers["x-request-id"]
+    if location is not None:
+        assert problem["errors"][0]["location"] == location, problem
+    return problem
+
+
+@pytest.fixture(scope="module")
+def short_deadlines(tmp_path_factory):
+    """One server for the protocol tests: 2 workers, 2 s header and body deadlines."""
+    proc, base, log = start(tmp_path_factory.mktemp("deadlines"), GRADIENT_WORKERS="2", GRADIENT_HEADER_TIMEOUT="2",
+                            GRADIENT_BODY_TIMEOUT="2")
+    try:
+        wait_ready(proc, base, log)
+        yield base, log
+    finally:
+        stop(proc)
+
+
+POST_CHUNKED = (b"POST /v1/gradients HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n")
+
+
+def test_bad_chunk_size_is_a_400_problem(short_deadlines):
+    base, log = short_deadlines
+    _, raw = raw_exchange(base, POST_CHUNKED + b"zz\r\n{}\r\n0\r\n\r\n")
+    problem = assert_problem(raw, 400, "body")
+    assert "chunk" in problem["detail"] and problem["errors"][0]["type"] == "malformed_chunked_body"
+    time.sleep(0.2)
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.parametrize("tail, status, kind", [
+    (b"40\r\n{\"layers\": ", 408, "body_timeout"),   # stalls mid-chunk: the body deadline answers
+    (b"10\r\n{\"layers\": [], \"\r\n", 408, "body_timeout"),   # stalls before the next chunk
+])
+def test_stalled_chunked_body_is_answered_within_the_body_timeout(short_deadlines, tail, status, kind):
+    base, log = short_deadlines
+    took, raw = raw_exchange(base, POST_CHUNKED + tail)
+    problem = assert_problem(raw, status, "body")
+    assert problem["errors"][0]["type"] == kind
+    assert 1.5 < took < 5, took
+
+
+def test_truncated_chunked_body_is_a_400_when_the_client_stops_sending(short_deadlines):
+    base, _ = short_deadlines
+    url = urllib.parse.urlsplit(base)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+        s.sendall(POST_CHUNKED + b"40\r\n{\"layers\": ")
+        s.shutdown(socket.SHUT_WR)  # the client is done sending, in the middle of a chunk
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    assert assert_problem(raw, 400, "body")["errors"][0]["type"] == "truncated_body"
+
+
+def test_slow_headers_get_a_408_and_a_silent_connection_is_closed(short_deadlines):
+    base, _ = short_deadlines
+    took, raw = raw_exchange(base, b"POST /v1/gradients HTTP/1.1\r\nHost: t\r\n")
+    assert_problem(raw, 408, "headers")
+    assert 1.5 < took < 5, took
+    took, raw = raw_exchange(base, b"")
+    assert raw == b"" and took < 5
+
+
+@pytest.mark.parametrize("request_bytes, status, location", [
+    (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414, "path"),
+    (b"GET /healthz HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n", 400, "headers"),
+    (b"GET /healthz HTTP/1.1\r\nHost: t\r\nExpect: something\r\n\r\n", 417, "header.Expect"),
+    (b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(120)) + b"\r\n", 431,
+     "headers"),
+    (b"POST /v1/gradients HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: foo\r\n\r\n", 501, "header.Transfer-Encoding"),
+    (b"GET /healthz HTTP/9.9\r\nHost: t\r\n\r\n", 400, "request-line"),
+], ids=["414", "400-header", "417", "431", "501", "400-version"])
+def test_protocol_errors_answered_by_gunicorn_are_problem_json(short_deadlines, request_bytes, status, location):
+    base, log = short_deadlines
+    _, raw = raw_exchange(base, request_bytes)
+    assert_problem(raw, status, location)
+
+
+def dribble(base: str, head: bytes, stop_at: float, results: list) -> None:
+    """Send ``head`` one byte a second until ``stop_at``, then close (a slowloris client)."""
+    url = urllib.parse.urlsplit(base)
+    try:
+        with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+            for byte in head:
+                if time.monotonic() >= stop_at:
+                    break
+                s.sendall(bytes([byte]))
+                time.sleep(1.0)
+        results.append("ok")
+    except OSError as exc:  # the server may cut a dribbler off: that is allowed
+        results.append(repr(exc))
+
+
+def test_slow_clients_do_not_starve_normal_requests(tmp_path):
+    """20 connections dribbling headers or bodies at 1 byte/s for 5 s; meanwhile normal requests keep their p99
+    under 1 s (bench/slow_clients.py runs the same for 60 s). On the sync workers, two dribblers held both."""
+    import threading
+
+    proc, base, log = start(tmp_path, GRADIENT_WORKERS="2")
+    try:
+        wait_ready(proc, base, log)
+        stop_at = time.monotonic() + 5
+        body_head = (b"POST /v1/gradients HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100000\r\n\r\n" + b" " * 100)
+        heads = [b"POST /v1/gradients HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"x" * 100] * 10 + [body_head] * 10
+        results: list = []
+        threads = [threading.Thread(target=dribble, args=(base, h, stop_at, results)) for h in heads]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)  # every dribbler is connected and has sent its first bytes
+        latencies = []
+        while time.monotonic() < stop_at - 0.3:
+            t0 = time.monotonic()
+            status, _, body = request(base + "/v1/gradients", EXAMPLE)
+            latencies.append(time.monotonic() - t0)
+            assert status == 200 and json.loads(body)["cost"] == pytest.approx(0.676733526293133, rel=1e-15)
+        for t in threads:
+            t.join(timeout=15)
+        latencies.sort()
+        p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        assert len(latencies) >= 20 and p99 < 1.0, (len(latencies), p99)
+        assert len(results) == 20
+    finally:
+        stop(proc)
+
+
+def test_sigterm_turns_readiness_503_while_in_flight_requests_finish(tmp_path):
+    """GRADIENT_DRAIN_SECONDS after SIGTERM: /readyz is 503, /healthz and new requests still served, a request in
+    flight (its body still arriving) finishes with 200; then gunicorn stops with exit code 0."""
+    import threading
+
+    proc, base, log = start(tmp_path, GRADIENT_WORKERS="1", GRADIENT_DRAIN_SECONDS="3")
+    try:
+        wait_ready(proc, base, log)
+        url = urllib.parse.urlsplit(base)
+        in_flight: list = []
+
+        def slow_upload():
+            with socket.create_connection((url.hostname, url.port), timeout=20) as s:
+                s.sendall(b"POST /v1/gradients HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n" % len(EXAMPLE))
+                for i in range(0, len(EXAMPLE), len(EXAMPLE) // 4 + 1):
+                    s.sendall(EXAMPLE[i:i + len(EXAMPLE) // 4 + 1])
+                    time.sleep(0.6)
+                raw = b""
+                while chunk := s.recv(65536):
+                    raw += chunk
+            in_flight.append(raw)
+
+        uploader = threading.Thread(target=slow_upload)
+        uploader.start()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        status, _, body = request(base + "/readyz")
+        assert status == 503 and json.loads(body)["status"] == "draining"
+        assert request(base + "/healthz")[0] == 200
+        assert request(base + "/v1/gradients", EXAMPLE)[0] == 200
+        uploader.join(timeout=20)
+        code, _, body = parse_response(in_flight[0])
+        assert code == 200 and json.loads(body)["cost"] == pytest.approx(0.676733526293133, rel=1e-15)
+        assert proc.wait(timeout=30) == 0
+        assert "SIGTERM: /readyz answers 503" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+
+
+@pytest.mark.parametrize("threads, worker_class", [("1", "service.worker.GeventWorker"), ("2", "gthread")])
+def test_gunicorn_conf_picks_the_gevent_worker_unless_threads_are_asked_for(tmp_path, threads, worker_class):
+    env = {**os.environ, "GRADIENT_THREADS": threads, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m")}
+    out = subprocess.run([str(GUNICORN), "-c", str(ROOT / "gunicorn.conf.py"), "--print-config", "service.wsgi:app"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60).stdout
+    config = {k.strip(): v.strip() for k, _, v in (line.partition(" = ") for line in out.splitlines()) if v}
+    assert config["worker_class"] == worker_class, out[:2000]
+    assert config["keepalive"] == "0"
+
+
+def test_body_budget_waits_new_bodies_refuses_past_hard_and_never_deadlocks():
+    """service.worker.BodyBudget on its own (gevent's hub, no server): the rules that bound the memory of bodies."""
+    import gevent
+    from werkzeug.exceptions import ServiceUnavailable
+
+    from service.worker import BodyBudget
+
+    budget = BodyBudget(soft=10, hard=20)
+    budget.admit(started=False, deadline=time.monotonic() + 1)  # room: admitted at once
+    budget.add(12)
+    t0 = time.monotonic()
+    with pytest.raises(ServiceUnavailable):  # over soft: a new body waits, then gives up at its deadline
+        budget.admit(started=False, deadline=time.monotonic() + 0.2)
+    assert 0.15 < time.monotonic() - t0 < 2
+    budget.admit(started=True, deadline=time.monotonic() + 1)  # a started body never waits below hard
+    budget.add(8)
+    with pytest.raises(ServiceUnavailable):  # ...and is refused at hard
+        budget.admit(started=True, deadline=time.monotonic() + 1)
+    waiter = gevent.spawn(budget.admit, False, time.monotonic() + 5)
+    gevent.sleep(0.05)
+    assert not waiter.ready()  # waiting for room
+    budget.release(15)  # 5 left: under soft, the waiter goes on
+    waiter.join(timeout=2)
+    assert waiter.successful() and budget.used == 5

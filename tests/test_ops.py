@@ -214,3 +214,123 @@ def test_default_workers_do_not_oversubscribe_the_cores():
 
     s = Settings.load()
     assert s.workers * s.threads * s.blas_threads <= max(_cpu_count(), s.workers * s.threads)
+
+
+# --------------------------------------------------------------------------------------------- hardening (issue 7)
+def test_metrics_labels_come_from_fixed_sets_whatever_the_method(client):
+    """500 requests with random methods on a route and on unknown paths add no series (method -> `other`)."""
+    import random
+    import string
+
+    rng = random.Random(7)
+    client.get("/healthz")
+    for path in ("/v1/gradients", "/nope/1"):  # the series these requests land in exist before the count
+        client.open(path, method="ZZZZ")
+    before = client.get("/metrics").get_data(as_text=True)
+    methods = ["".join(rng.choices(string.ascii_uppercase, k=8)) for _ in range(500)]
+    for i, method in enumerate(methods):
+        r = client.open("/v1/gradients" if i % 2 else f"/nope/{i}", method=method)
+        assert r.status_code in (404, 405)
+    after = client.get("/metrics").get_data(as_text=True)
+
+    def series(text):
+        return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+    assert series(after) == series(before), series(after) - series(before)
+    assert not any(m in after for m in methods) and "/nope/" not in after
+    for status in ("404", "405"):  # every one of them is counted, under method="other"
+        labels = dict(route="unmatched", method="other", status=status)
+        assert metric_value(after, "gradient_http_requests_total", **labels) - \
+            metric_value(before, "gradient_http_requests_total", **labels) == 250
+
+
+def test_cors_sends_nothing_without_an_origin_header():
+    client = create_app({"cors_origins": "https://course.example, https://lab.example"}).test_client()
+    r = client.post("/v1/gradients", json=EXAMPLE)
+    assert r.status_code == 200
+    assert not [h for h in r.headers.keys() if h.lower().startswith("access-control-")], dict(r.headers)
+    with_origin = client.post("/v1/gradients", json=EXAMPLE, headers={"Origin": "https://lab.example"})
+    assert with_origin.headers["Access-Control-Allow-Origin"] == "https://lab.example"
+
+
+def _post_encoded(client, body: bytes, encoding: str | None):
+    headers = {"Content-Type": "application/json"}
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
+    return client.post("/v1/gradients", data=body, headers=headers)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "GZIP", "identity, gzip"])
+def test_gzip_bodies_are_decoded(client, encoding):
+    import gzip
+
+    plain = orjson.dumps(EXAMPLE)
+    r = _post_encoded(client, gzip.compress(plain), encoding)
+    assert r.status_code == 200, r.json
+    assert r.json == client.post("/v1/gradients", json=EXAMPLE).json
+    # Concatenated gzip members are one stream (as gzip itself reads them).
+    half = len(plain) // 2
+    assert _post_encoded(client, gzip.compress(plain[:half]) + gzip.compress(plain[half:]), encoding).status_code == 200
+
+
+def test_gzip_bomb_is_refused_as_soon_as_it_passes_the_limit():
+    import gzip
+    import tracemalloc
+
+    limit = 100_000
+    client = create_app({"max_body_bytes": limit}).test_client()
+    bomb = gzip.compress(b" " * (64 * 1024 * 1024), compresslevel=9)  # 64 MiB of spaces in about 64 KB
+    assert len(bomb) < limit
+    tracemalloc.start()
+    r = _post_encoded(client, bomb, "gzip")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert r.status_code == 413 and r.content_type == "application/problem+json"
+    assert peak < 20 * limit + 4 * len(bomb), peak  # never the 64 MiB
+    at_limit = gzip.compress(orjson.dumps(EXAMPLE).ljust(limit))
+    assert _post_encoded(client, at_limit, "gzip").status_code == 200
+    assert _post_encoded(client, gzip.compress(orjson.dumps(EXAMPLE).ljust(limit + 1)), "gzip").status_code == 413
+
+
+@pytest.mark.parametrize("body, encoding, status, location", [
+    (orjson.dumps(EXAMPLE), "gzip", 400, "body"),        # labelled gzip, sent plain
+    (b"\x1f\x8b\x08\x00garbage", "gzip", 400, "body"),   # a gzip header, then garbage
+    ("cut", "gzip", 400, "body"),                        # a gzip stream cut short
+    (orjson.dumps(EXAMPLE), "br", 415, "header.Content-Encoding"),
+    (orjson.dumps(EXAMPLE), "deflate", 415, "header.Content-Encoding"),
+    (orjson.dumps(EXAMPLE), "gzip, gzip", 415, "header.Content-Encoding"),
+])
+def test_bad_or_unsupported_content_encodings_are_problems(client, body, encoding, status, location):
+    import gzip
+
+    if body == "cut":
+        body = gzip.compress(orjson.dumps(EXAMPLE))[:-12]
+    r = _post_encoded(client, body, encoding)
+    assert r.status_code == status and r.content_type == "application/problem+json", r.get_data()
+    assert r.json["errors"][0]["location"] == location
+
+
+def test_identity_encoding_is_the_body_as_it_is(client):
+    assert _post_encoded(client, orjson.dumps(EXAMPLE), "identity").status_code == 200
+
+
+def test_readyz_is_503_while_draining(client, monkeypatch):
+    from service import lifecycle
+
+    monkeypatch.setattr(lifecycle, "draining", lambda: True)
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json["status"] == "draining"
+    assert client.get("/healthz").status_code == 200  # liveness is unaffected: the process is fine
+
+
+@pytest.mark.parametrize("env, name", [
+    ({"GRADIENT_HEADER_TIMEOUT": "0"}, "GRADIENT_HEADER_TIMEOUT"),
+    ({"GRADIENT_BODY_TIMEOUT": "soon"}, "GRADIENT_BODY_TIMEOUT"),
+    ({"GRADIENT_DRAIN_SECONDS": "-1"}, "GRADIENT_DRAIN_SECONDS"),
+])
+def test_invalid_timeouts_fail_at_start_naming_the_variable(monkeypatch, env, name):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as info:
+        create_app()
+    assert name in str(info.value)
