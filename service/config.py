@@ -31,7 +31,9 @@ def _cpu_count() -> int:
 class Settings(BaseSettings):
     """Every setting of the service. Each field is the environment variable GRADIENT_<NAME>."""
 
-    model_config = SettingsConfigDict(env_prefix="GRADIENT_", extra="forbid")
+    # An empty variable means "not set": compose passes every setting as ${GRADIENT_X:-}, and JSON settings such as
+    # GRADIENT_POLICIES cannot have a default written inside ${...} (a "}" in it would end the substitution).
+    model_config = SettingsConfigDict(env_prefix="GRADIENT_", extra="forbid", env_ignore_empty=True)
 
     # --- server (read by gunicorn.conf.py) ---
     bind: str = Field(default="127.0.0.1:8000", description="Address gunicorn listens on.")
