@@ -46,7 +46,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     threadpoolctl = None
 
 from service import create_app, engine, tuning  # noqa: E402
-from service.engine import Layer  # noqa: E402
+from service.engine import dense  # noqa: E402
 from schemas.gradients import GradientRequest, prepare, to_wire  # noqa: E402
 from schemas.limits import Limits  # noqa: E402
 
@@ -280,7 +280,7 @@ def make_network(sizes: list[int], m: int, seed: int):
     for l in range(1, len(sizes)):
         W = rng.standard_normal((sizes[l], sizes[l - 1])) * np.sqrt(2.0 / sizes[l - 1])
         b = rng.standard_normal((sizes[l], 1)) * 0.1
-        layers.append(Layer(W=W, b=b, activation="relu" if l < len(sizes) - 1 else "softmax"))
+        layers.append(dense(W, b, "relu" if l < len(sizes) - 1 else "softmax"))
     return X, Y, layers
 
 
@@ -343,8 +343,8 @@ def compare_gradients(res, net: TorchNet) -> tuple[float, float]:
     L = len(net.W)
     pairs = [(abs(res.cost - loss.item()), abs(loss.item()))]
     for l in range(L):
-        pairs.append((res.dW[l], net.W[l].grad.numpy()))
-        pairs.append((res.db[l], net.b[l].grad.numpy()))
+        pairs.append((res.grads[l]["W"], net.W[l].grad.numpy()))
+        pairs.append((res.grads[l]["b"], net.b[l].grad.numpy()))
         pairs.append((res.dZ[l], m * net.Z[l].grad.numpy()))
         pairs.append((res.dA[l + 1], m * net.A[l].grad.numpy()))
     pairs.append((res.dA[0], m * net.X.grad.numpy()))

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from schemas.arrays import MORE_ERRORS
+from schemas.layers import KIND_NAMES, field_owners
 
 PROBLEM_TYPE_PREFIX = "urn:gradient-service:problem:"
 
@@ -48,15 +49,25 @@ FIELD_HINTS = {"alpha": "negative_slope", "slope": "negative_slope", "lambda": "
                "weights": "W", "bias": "b", "labels": "Y", "inputs": "X"}
 
 
-def format_location(loc: tuple[Any, ...]) -> str:
-    """('layers', 1, 'W', 0, 3) -> 'layers[1].W[0][3]'; () -> 'body'."""
+def format_location(loc: tuple[Any, ...], field_named_last: bool = False) -> str:
+    """('layers', 1, 'W', 0, 3) -> 'layers[1].W[0][3]'; () -> 'body'.
+
+    pydantic puts the tag of a layer union (the kind: 'dense') into the location after the index; it is dropped,
+    except as the last part of an error about a field name (``field_named_last``), where it is the client's key.
+    """
     out = ""
-    for part in loc:
+    last = len(loc) - 1
+    for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
+        elif not _is_tag(loc, i) or (field_named_last and i == last):
             out += f".{part}" if out else str(part)
     return out or "body"
+
+
+def _is_tag(loc: tuple[Any, ...], i: int) -> bool:
+    """A kind's name right after a layer's index (layers[1].dense): the union tag."""
+    return i >= 2 and loc[i - 2] == "layers" and isinstance(loc[i - 1], int) and loc[i] in KIND_NAMES
 
 
 def _json_kind(value: Any) -> str:
@@ -81,12 +92,22 @@ def _message(err: dict[str, Any]) -> str:
         return "expected a finite number: NaN, Infinity and numbers beyond float64's range are not allowed"
     if kind == "extra_forbidden":
         name = err["loc"][-1]
-        hint = f"; did you mean {FIELD_HINTS[name]!r}?" if name in FIELD_HINTS else " (unknown fields are rejected)"
+        owners = field_owners(name)
+        if name in FIELD_HINTS:
+            hint = f"; did you mean {FIELD_HINTS[name]!r}?"
+        elif owners and len(err["loc"]) >= 2 and err["loc"][-2] in KIND_NAMES:
+            hint = (f" for a {err['loc'][-2]} layer: it is a field of {' and '.join(owners)} layers (set `type` to "
+                    f"the layer's kind)")
+        else:
+            hint = " (unknown fields are rejected)"
         return f"unknown field {name!r}{hint}"
+    if kind == "union_tag_invalid":
+        return (f"unknown layer type {err['ctx']['tag']!r}: the kinds are {', '.join(KIND_NAMES)} (absent means "
+                f"dense)")
     if kind == "missing":
         return f"required field {err['loc'][-1]!r} is missing"
-    if kind in ("list_type", "model_type", "dict_type", "model_attributes_type", "string_type", "bool_type",
-                "int_type"):
+    if kind in ("list_type", "model_type", "layer_type", "dict_type", "model_attributes_type", "string_type",
+                "bool_type", "int_type"):
         return f"{err['msg'].rstrip('.')}, got {_json_kind(value)}"
     if kind == "too_short":
         return "must not be empty"
@@ -102,6 +123,16 @@ def from_validation_error(exc: ValidationError) -> InvalidRequest:
     the request ``truncated``."""
     errors = exc.errors(include_url=False)
     truncated = any(e["type"] == MORE_ERRORS for e in errors)
-    items = [ErrorItem(location=format_location(e["loc"]),
-                       message=_message(e), type=e["type"]) for e in errors if e["type"] != MORE_ERRORS]
+    items = [ErrorItem(location=_location(e), message=_message(e), type=_TYPES.get(e["type"], e["type"]))
+             for e in errors if e["type"] != MORE_ERRORS]
     return InvalidRequest(items, truncated=truncated)
+
+
+# pydantic's names -> ours: a layer that is not an object is a model_type error as any other object; an unknown
+# layer type an unknown_kind error at its `type`.
+_TYPES = {"layer_type": "model_type", "union_tag_invalid": "unknown_kind"}
+
+
+def _location(err: dict[str, Any]) -> str:
+    location = format_location(err["loc"], err["type"] in ("extra_forbidden", "missing"))
+    return f"{location}.type" if err["type"] == "union_tag_invalid" else location

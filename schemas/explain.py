@@ -88,7 +88,7 @@ class ExplainResponse(BaseModel):
 
 def explain_to_wire(story: explain_engine.Story, prep: Prepared, req: ExplainRequest) -> dict:
     ex_first = prep.examples_first
-    m = prep.X.shape[1]
+    m = prep.Y.shape[1]
     k, u = min(req.examples_shown, m), req.units_shown
 
     def cut(name: str, v: Any, per_example: bool, full: tuple[int, ...] | None) -> tuple[Any, dict | None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional
 
+import numpy as np
 from pydantic import BaseModel, Field, StrictInt, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
@@ -79,19 +80,21 @@ class GradientCheckRequest(GradientRequest):
         return value
 
 
-def prepare_check(req: GradientCheckRequest, limits: Limits) -> tuple[Prepared, list | None, list | None]:
-    """``prepare``, the caps (counted from shapes) and the submitted gradients (features first, b's shape)."""
+def prepare_check(req: GradientCheckRequest, limits: Limits) -> tuple[Prepared, list | None]:
+    """``prepare``, the caps (counted from shapes) and the submitted gradients (one {param: gradient} per layer,
+    each in its parameter's engine form), or None to check the service's own."""
     prep = prepare(req, limits)
     layers = prep.layers
     floor = gradcheck.smallest_epsilon(layers)
     if req.epsilon <= floor:
         raise InvalidRequest([ErrorItem(location="epsilon", type="epsilon_too_small",
                                         message=f"epsilon {req.epsilon:g} is too small for parameters this large: it "
-                                                f"must exceed one unit in the last place of the largest |W| or |b| "
-                                                f"entry, {floor:g}, or theta + eps and theta - eps would round back "
+                                                f"must exceed one unit in the last place of the largest "
+                                                f"{_magnitudes(prep)} entry, {floor:g}, or theta + eps and theta - eps would round back "
                                                 f"to theta")])
-    m = prep.X.shape[1]
-    plan = gradcheck.plan(layers, m, req.mode, req.samples)
+    m = prep.Y.shape[1]
+    shapes = prep.shapes[:-1]
+    plan = gradcheck.plan(layers, shapes, m, req.mode, req.samples)
     unit = "direction" if req.mode == "directions" else "entry"
     errors = []
     if plan.passes > req.max_forward_passes:
@@ -104,7 +107,7 @@ def prepare_check(req: GradientCheckRequest, limits: Limits) -> tuple[Prepared, 
         if req.mode == "full":
             location, hint = "mode", "use mode `entries` or `directions` with a small `samples`"
         else:
-            afford = _affordable_samples(layers, m, req.mode, limits.max_work)
+            afford = _affordable_samples(layers, shapes, m, req.mode, limits.max_work)
             location = "samples"
             plural = "entries" if unit == "entry" else "directions"
             hint = (f"lower `samples`: at most {afford} {unit if afford == 1 else plural} fit" if afford
@@ -116,39 +119,64 @@ def prepare_check(req: GradientCheckRequest, limits: Limits) -> tuple[Prepared, 
     if errors:
         raise InvalidRequest(errors, title="Request over the limits", slug="limit-exceeded")
     if req.gradients is None:
-        return prep, None, None
-    L = len(layers)
-    want = [f"dW{l}" for l in range(1, L + 1)] + [f"db{l}" for l in range(1, L + 1)]
-    for key in req.gradients:
-        if key not in want:
-            errors.append(ErrorItem(location=f"gradients.{key}", type="unknown_key",
-                                    message=f"{key!r} is not a parameter gradient of this network: send dW1..dW{L} and db1..db{L}"))
-    dW, db = [], []
-    for l, layer in enumerate(layers, start=1):
-        for name, target, sink in ((f"dW{l}", layer.W.shape, dW), (f"db{l}", layer.b.shape, db)):
-            g = req.gradients.get(name)
+        return prep, None
+    return prep, _submitted(req.gradients, prep)
+
+
+def _magnitudes(prep: Prepared) -> str:
+    """'|W| or |b|': the parameters of this network."""
+    return " or ".join(f"|{name}|" for name in dict.fromkeys(name for _, _, name in gradcheck.gradient_order(prep.layers)))
+
+
+def _param_summary(prep: Prepared) -> str:
+    """'dW1..dW2 and db1..db2': the parameter gradients a submission must hold."""
+    order = gradcheck.gradient_order(prep.layers)
+    names = dict.fromkeys(name for _, _, name in order)
+    parts = []
+    for name in names:
+        layers = [l for _, l, n in order if n == name]
+        run = layers == list(range(layers[0], layers[-1] + 1))
+        parts.append(f"d{name}{layers[0]}..d{name}{layers[-1]}" if run else ", ".join(f"d{name}{l}" for l in layers))
+    return " and ".join(parts) if len(parts) <= 2 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _submitted(gradients: dict, prep: Prepared) -> list[dict]:
+    """The submitted gradients in each parameter's engine form; every one is needed, each as its parameter was
+    sent (a vector (n,) for a column (n, 1) also)."""
+    order = gradcheck.gradient_order(prep.layers)
+    want = {key for key, _, _ in order}
+    errors = [ErrorItem(location=f"gradients.{key}", type="unknown_key",
+                        message=f"{key!r} is not a parameter gradient of this network: send {_param_summary(prep)}")
+              for key in gradients if key not in want]
+    every = " and ".join(f"d{name}" for name in dict.fromkeys(name for _, _, name in order))
+    out: list[dict] = [{} for _ in prep.layers]
+    for l, layer in enumerate(prep.layers, start=1):  # layer by layer: dW1, db1, dW2, ...
+        for param in layer.unit.params:
+            key = f"d{param.name}{l}"
+            target = param.to_wire(np.empty(layer.params[param.name].shape), None, prep.layouts).shape
+            g = gradients.get(key)
             if g is None:
-                errors.append(ErrorItem(location=f"gradients.{name}", type="missing",
-                                        message=f"{name} is missing: send every dW and db"))
-            elif g.shape != target and not (name.startswith("db") and g.shape == (target[0],)):
-                errors.append(ErrorItem(location=f"gradients.{name}", type="shape_mismatch",
-                                        message=f"{name} is {shape_text(list(g.shape))}, but the parameter is "
+                errors.append(ErrorItem(location=f"gradients.{key}", type="missing",
+                                        message=f"{key} is missing: send every {every}"))
+            elif g.shape != target and not (g.ndim == 1 and target == (g.shape[0], 1)):
+                errors.append(ErrorItem(location=f"gradients.{key}", type="shape_mismatch",
+                                        message=f"{key} is {shape_text(list(g.shape))}, but the parameter is "
                                                 f"{shape_text(list(target))}"))
             else:
-                sink.append(g.reshape(target))
+                out[l - 1][param.name] = param.to_engine(g.reshape(target), prep.layouts)
     if errors:
         raise InvalidRequest(errors)
-    return prep, dW, db
+    return out
 
 
-def _affordable_samples(layers: list, m: int, mode: str, budget: int) -> int:
+def _affordable_samples(layers: list, shapes: list, m: int, mode: str, budget: int) -> int:
     """The largest sample size whose plan fits the budget (0 if none)."""
     lo, hi = 0, 1
-    while gradcheck.plan(layers, m, mode, hi).work <= budget and hi < 10 ** 9:
+    while gradcheck.plan(layers, shapes, m, mode, hi).work <= budget and hi < 10 ** 9:
         lo, hi = hi, hi * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if gradcheck.plan(layers, m, mode, mid).work <= budget:
+        if gradcheck.plan(layers, shapes, m, mode, mid).work <= budget:
             lo = mid
         else:
             hi = mid
@@ -196,13 +224,23 @@ class GradientCheckResponse(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
+def _wire_index(prep: Prepared, parameter: str, index: tuple[int, ...]) -> list[int]:
+    """An index into a parameter's engine form -> the same entry's index in the form the parameter was sent in."""
+    for key, l, name in gradcheck.gradient_order(prep.layers):
+        if key == parameter:
+            layer = prep.layers[l - 1]
+            param = next(p for p in layer.unit.params if p.name == name)
+            shape = layer.params[name].shape
+            positions = param.to_wire(np.arange(int(np.prod(shape))).reshape(shape), prep.sent[l - 1][name],
+                                      prep.layouts)
+            flat = int(np.ravel_multi_index(index, shape))
+            return [int(i) for i in np.argwhere(positions == flat)[0]]
+    return list(index)
+
+
 def check_to_wire(res: gradcheck.CheckResult, prep: Prepared, req: GradientCheckRequest) -> dict:
     def index(entry: gradcheck.EntryCheck) -> list[int] | None:
-        if entry.index is None:
-            return None
-        if entry.parameter.startswith("db") and prep.b_is_vector[int(entry.parameter[2:]) - 1]:
-            return [entry.index[0]]
-        return list(entry.index)
+        return None if entry.index is None else _wire_index(prep, entry.parameter, entry.index)
 
     notes = []
     if prep.dropout is not None:

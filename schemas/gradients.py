@@ -1,14 +1,16 @@
 """POST /v1/gradients: the request and response models, the checks that span fields, and the layout edge.
 
-Wire convention (``layout = features_first``, the course's): X (n_x, m), Y (n_y, m), W_l (n_l, n_{l-1}),
-b_l (n_l, 1) or (n_l,). With ``examples_first`` X is (m, n_x), Y (m, n_y) and every (units, m) matrix of the
-response is transposed to (m, units); W and b are the same in both. The engine only ever sees features first.
+Wire convention (``layout = features_first``, the course's): X (n_x, m), Y (n_y, m), dense W_l (n_l, n_{l-1})
+(``weight_layout: out_in``; ``in_out`` holds it as (n_{l-1}, n_l)), b_l (n_l, 1) or (n_l,). With
+``examples_first`` X, Y and every (units, m) matrix of the response are (m, units). Each layer kind's arrays are
+converted to its engine form and back by the kind (``Param.to_engine`` / ``to_wire``); the engine sees features
+first only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
@@ -16,25 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from schemas.arrays import array_list
 from schemas.common import FiniteFloat, Matrix, MatrixOrVector
 from schemas.errors import ErrorItem, InvalidRequest
+from schemas.layers import LayerSpec, hyperparameters, sent_arrays
 from schemas.limits import Limits
-from service.engine import ACTIVATIONS, COSTS, INTERMEDIATES, Dropout, Layer, Result, one_hot
+from service.engine import COSTS, INTERMEDIATES, Dropout, Layer, Result, keys, one_hot
+from service.engine.activations import ACTIVATIONS, DEFAULT_NEGATIVE_SLOPE
+from service.engine.kinds import KINDS, Layouts
+from service.engine.kinds.base import shape_text
 
-ActivationName = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
 CostName = Literal[tuple(COSTS)]  # type: ignore[valid-type]
 Intermediates = Literal[INTERMEDIATES]  # type: ignore[valid-type]
 LAYOUTS = ("features_first", "examples_first")
 Layout = Literal[LAYOUTS]  # type: ignore[valid-type]
-
-
-# One dense layer of the network.
-class LayerSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    W: Matrix = Field(description="Weights, (n_l, n_{l-1}) in both layouts.")
-    b: MatrixOrVector = Field(description="Biases, a column (n_l, 1) or a vector (n_l,); db comes back in the same shape.")
-    activation: ActivationName = Field(description="Activation g_l; `softmax` only on the output layer.")
-    negative_slope: Optional[FiniteFloat] = Field(
-        default=None, description="Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.")
+WEIGHT_LAYOUTS = ("out_in", "in_out")
 
 
 # Inverted dropout on the hidden activations with caller-supplied masks.
@@ -42,19 +37,26 @@ class DropoutSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     keep_prob: Annotated[FiniteFloat, Field(gt=0, le=1)] = Field(description="p in (0, 1].")
-    masks: array_list(Matrix) = Field(description="D_1 .. D_{L-1}: 0/1 matrices shaped like A_l, (n_l, m) or (m, n_l) by layout.")
+    masks: array_list(Optional[Matrix]) = Field(
+        description="D_1 .. D_{L-1}: 0/1 matrices shaped like A_l, (n_l, m) or (m, n_l) by layout; null for a "
+                    "hidden layer without dropout.")
 
 
 # The body of POST /v1/gradients.
 class GradientRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    layers: Annotated[list[LayerSpec], Field(min_length=1)] = Field(description="Layers 1 .. L, input side first.")
+    layers: Annotated[list[LayerSpec], Field(min_length=1)] = Field(
+        description="Layers 1 .. L, input side first; each a kind (`type`, default `dense`) with its parameters, "
+                    "hyperparameters and an activation.")
     X: Matrix = Field(description="Inputs: (n_x, m) features first, or (m, n_x) examples first.")
     Y: MatrixOrVector = Field(description="Labels: (n_y, m) or (m, n_y) by layout; a flat list of m labels when n_y = 1; "
-                                          "for categorical_cross_entropy also a flat list of m class indices.")
+                                          "for the costs that take them also a flat list of m class indices.")
     cost: CostName = Field(description="The cost; it must pair with the output activation.")
     layout: Layout = Field(default="features_first", description="Orientation of X, Y, masks and of every (units, m) matrix returned.")
+    weight_layout: Literal[WEIGHT_LAYOUTS] = Field(  # type: ignore[valid-type]
+        default="out_in", description="Dense W as (n_l, n_{l-1}) (`out_in`, the course's) or (n_{l-1}, n_l) "
+                                      "(`in_out`, as cs231n's affine layer and Keras hold it); dW comes back the same way.")
     l2: Annotated[FiniteFloat, Field(ge=0)] = Field(default=0.0, description="lambda >= 0: J += lambda/(2m) sum ||W_l||_F^2, dW_l += (lambda/m) W_l.")
     dropout: Optional[DropoutSpec] = Field(default=None, description="Inverted dropout with fixed masks (deterministic).")
     intermediates: Intermediates = Field(default="per_example", description="`per_example`: dA, dZ without 1/m (dZ_L = A_L - Y); "
@@ -64,55 +66,86 @@ class GradientRequest(BaseModel):
 
 @dataclass(frozen=True)
 class Prepared:
-    """A checked request in the engine's terms: features first, Y one-hot where indices were sent."""
+    """A checked request in the engine's terms: features first, Y one-hot where indices were sent. ``sent``: each
+    layer's arrays as the request held them (gradients go back in their form); ``shapes``: the feature shape of X
+    and of each layer's output (L + 1 entries)."""
 
     X: np.ndarray
     Y: np.ndarray
     layers: list[Layer]
     dropout: Dropout | None
-    b_is_vector: list[bool]
-    examples_first: bool
+    layouts: Layouts
+    sent: list[dict[str, np.ndarray]]
+    shapes: list[tuple[int, ...]]
+
+    @property
+    def examples_first(self) -> bool:
+        return self.layouts.examples_first
+
+
+def _layouts(req: GradientRequest) -> Layouts:
+    return Layouts(examples_first=req.layout == "examples_first", weights_in_out=req.weight_layout == "in_out")
 
 
 def _shape(a: np.ndarray) -> str:
-    return "(" + ", ".join(str(n) for n in a.shape) + ")"
+    return shape_text(a.shape)
 
 
-def _check_limits(req: GradientRequest, limits: Limits) -> list[ErrorItem]:
-    """Size and work limits: counted from shapes alone, before anything is computed."""
+def _over(errors: list[ErrorItem], location: str, what: str, got: int, limit: int) -> None:
+    errors.append(ErrorItem(location=location, type="limit_exceeded",
+                            message=f"{what} is {got}, over this service's limit of {limit}"))
+
+
+def _chain(req: GradientRequest, layouts: Layouts, n_x: int) -> tuple[list[tuple[int, ...] | None], list[ErrorItem]]:
+    """Each layer's output shape through the kinds' shape rules, and their located errors."""
+    shapes: list[tuple[int, ...] | None] = [(n_x,)]
     errors: list[ErrorItem] = []
+    source = f"X has {n_x} features"
+    for i, spec in enumerate(req.layers):
+        kind, where, in_shape = KINDS[spec.type], f"layers[{i}]", shapes[-1]
+        if in_shape is None:
+            shapes.append(None)
+            continue
+        checked = kind.check(in_shape, sent_arrays(spec), hyperparameters(spec), layouts, where, source)
+        errors += [ErrorItem(location=f"{where}.{e.field}" if e.field else where, type=e.type, message=e.message)
+                   for e in checked.errors]
+        shapes.append(checked.out_shape)
+        if checked.out_shape is not None:
+            source = kind.source_text(where, sent_arrays(spec), checked.out_shape, layouts)
+    return shapes, errors
 
-    def over(location: str, what: str, got: int, limit: int) -> None:
-        errors.append(ErrorItem(location=location, type="limit_exceeded",
-                                message=f"{what} is {got}, over this service's limit of {limit}"))
 
-    ex_first = req.layout == "examples_first"
-    m, n_x = (req.X.shape if ex_first else req.X.shape[::-1])
+def _check_limits(req: GradientRequest, limits: Limits, shapes: list, m: int) -> list[ErrorItem]:
+    """Size and work limits, priced from shapes by each kind before anything is computed."""
+    errors: list[ErrorItem] = []
+    n_x = shapes[0][0]
     if len(req.layers) > limits.max_layers:
-        over("layers", "the number of layers", len(req.layers), limits.max_layers)
+        _over(errors, "layers", "the number of layers", len(req.layers), limits.max_layers)
     if m > limits.max_examples:
-        over("X", "the number of examples m", m, limits.max_examples)
+        _over(errors, "X", "the number of examples m", m, limits.max_examples)
     if n_x > limits.max_units:
-        over("X", "the number of input features", n_x, limits.max_units)
+        _over(errors, "X", "the number of input features", n_x, limits.max_units)
     elements = req.X.size + req.Y.size
     work = 0
     activations = n_x * m
-    for i, layer in enumerate(req.layers):
-        n_out, n_in = layer.W.shape
-        if n_out > limits.max_units:
-            over(f"layers[{i}].W", "the number of units", n_out, limits.max_units)
-        elements += layer.W.size + layer.b.size
-        work += n_out * n_in * m
-        activations += n_out * m
+    for i, spec in enumerate(req.layers):
+        kind, arrays = KINDS[spec.type], sent_arrays(spec)
+        in_shape, out_shape = shapes[i], shapes[i + 1]
+        if out_shape is not None and out_shape[0] > limits.max_units:
+            _over(errors, f"layers[{i}].{kind.params[0].name}", "the number of units", out_shape[0], limits.max_units)
+        elements += sum(a.size for a in arrays.values())
+        if in_shape is not None and out_shape is not None:
+            work += kind.price(in_shape, out_shape, arrays, hyperparameters(spec), m).forward_work
+            activations += int(np.prod(out_shape)) * m
     if req.dropout is not None:
-        elements += sum(mask.size for mask in req.dropout.masks)
+        elements += sum(mask.size for mask in req.dropout.masks if mask is not None)
     if elements > limits.max_elements:
-        over("body", "the total number of array elements", elements, limits.max_elements)
+        _over(errors, "body", "the total number of array elements", elements, limits.max_elements)
     if work > limits.max_work:
-        over("body", "the work of one forward pass (sum of n_l * n_(l-1) * m)", work, limits.max_work)
+        _over(errors, "body", "the work of one forward pass (sum of n_l * n_(l-1) * m)", work, limits.max_work)
     if activations > limits.max_activations:
-        over("body", "the number of activation entries (sum over l = 0..L of n_l * m), which sizes memory and "
-                     "the response,", activations, limits.max_activations)
+        _over(errors, "body", "the number of activation entries (sum over l = 0..L of n_l * m), which sizes memory and "
+                              "the response,", activations, limits.max_activations)
     return errors
 
 
@@ -157,44 +190,50 @@ def _labels(req: GradientRequest, n_out: int, m: int, errors: list[ErrorItem]) -
     return Y
 
 
+def _activation_errors(req: GradientRequest) -> list[ErrorItem]:
+    """Output-only activations on a hidden layer, and negative_slope with an activation that does not use it."""
+    errors = []
+    L = len(req.layers)
+    slopes = " or ".join(name for name, unit in ACTIVATIONS.items() if unit.uses_slope)
+    for i, spec in enumerate(req.layers):
+        unit = ACTIVATIONS[spec.activation]
+        if unit.output_only and i < L - 1:
+            errors.append(ErrorItem(location=f"layers[{i}].activation", type="activation_placement",
+                                    message=f"{spec.activation} is allowed on the output layer only"))
+        if spec.negative_slope is not None and not unit.uses_slope:
+            errors.append(ErrorItem(location=f"layers[{i}].negative_slope", type="extra_forbidden",
+                                    message=f"negative_slope applies to {slopes} only, not {spec.activation}"))
+    return errors
+
+
+def _engine_layer(spec, layouts: Layouts, in_shape: tuple[int, ...]) -> Layer:
+    kind = KINDS[spec.type]
+    params = {p.name: p.to_engine(getattr(spec, p.name), layouts) for p in kind.params}
+    state = {}
+    for s in kind.states:
+        sent = getattr(spec, s.name)
+        state[s.name] = s.to_engine(sent, layouts) if sent is not None else s.initial(in_shape[0])
+    slope = DEFAULT_NEGATIVE_SLOPE if spec.negative_slope is None else spec.negative_slope
+    return Layer(spec.type, params, spec.activation, slope, hyperparameters(spec), state)
+
+
 def prepare(req: GradientRequest, limits: Limits) -> Prepared:
-    """Cross-field checks (limits, shape chain, pairings, labels, masks) and conversion to features first.
+    """Cross-field checks (limits, shape chain, pairings, labels, masks) and conversion to the engine's form.
 
     Raises InvalidRequest listing every problem found, each with its location.
     """
-    errors = _check_limits(req, limits)
+    layouts = _layouts(req)
+    X = req.X.T if layouts.examples_first else req.X
+    n_x, m = X.shape
+    shapes, chain_errors = _chain(req, layouts, n_x)
+    errors = _check_limits(req, limits, shapes, m)
     if errors:
         raise InvalidRequest(errors, status=422, title="Request over the limits", slug="limit-exceeded")
-
-    ex_first = req.layout == "examples_first"
-    X = req.X.T if ex_first else req.X
-    n_prev, m = X.shape
     L = len(req.layers)
-    layers: list[Layer] = []
-    b_is_vector: list[bool] = []
+    errors = []
     for i, spec in enumerate(req.layers):
-        n_out, n_in = spec.W.shape
-        if n_in != n_prev:
-            source = "X has" if i == 0 else f"layers[{i - 1}].W has"
-            unit = "features" if i == 0 else "rows"
-            errors.append(ErrorItem(location=f"layers[{i}].W", type="shape_mismatch",
-                                    message=f"W is {_shape(spec.W)}: it needs {n_prev} columns because {source} "
-                                            f"{n_prev} {unit}"))
-        b = spec.b
-        if b.shape not in ((n_out,), (n_out, 1)):
-            errors.append(ErrorItem(location=f"layers[{i}].b", type="shape_mismatch",
-                                    message=f"b is {_shape(b)} but W has {n_out} rows: send ({n_out}, 1) or ({n_out},)"))
-        if spec.activation == "softmax" and i < L - 1:
-            errors.append(ErrorItem(location=f"layers[{i}].activation", type="activation_placement",
-                                    message="softmax is allowed on the output layer only"))
-        if spec.negative_slope is not None and spec.activation != "leaky_relu":
-            errors.append(ErrorItem(location=f"layers[{i}].negative_slope", type="extra_forbidden",
-                                    message=f"negative_slope applies to leaky_relu only, not {spec.activation}"))
-        slope = 0.01 if spec.negative_slope is None else spec.negative_slope
-        layers.append(Layer(W=spec.W, b=b.reshape(-1, 1), activation=spec.activation, negative_slope=slope))
-        b_is_vector.append(b.ndim == 1)
-        n_prev = n_out
-
+        errors += [e for e in chain_errors if e.location == f"layers[{i}]" or e.location.startswith(f"layers[{i}].")]
+        errors += [e for e in _activation_errors(req) if e.location.startswith(f"layers[{i}].")]
     cost = COSTS[req.cost]
     out_act = req.layers[-1].activation
     if cost.output_activations is not None and out_act not in cost.output_activations:
@@ -202,29 +241,30 @@ def prepare(req: GradientRequest, limits: Limits) -> Prepared:
         errors.append(ErrorItem(location="cost", type="cost_pairing",
                                 message=f"{req.cost} needs a {needs} output layer, but layers[{L - 1}].activation is "
                                         f"{out_act!r}; use mean_squared_error for other outputs"))
-
     Y = None
     if not errors:
-        Y = _labels(req, n_prev, m, errors)
-
-    dropout = None
-    if req.dropout is not None:
-        dropout = _dropout(req, m, errors)
+        Y = _labels(req, shapes[-1][0], m, errors)
+    dropout = _dropout(req, shapes, m, errors) if req.dropout is not None else None
     if errors:
         raise InvalidRequest(errors)
-    return Prepared(X=X, Y=Y, layers=layers, dropout=dropout, b_is_vector=b_is_vector, examples_first=ex_first)
+    layers = [_engine_layer(spec, layouts, shapes[i]) for i, spec in enumerate(req.layers)]
+    return Prepared(X=X, Y=Y, layers=layers, dropout=dropout, layouts=layouts,
+                    sent=[sent_arrays(spec) for spec in req.layers], shapes=shapes)
 
 
-def _dropout(req: GradientRequest, m: int, errors: list[ErrorItem]) -> Dropout | None:
+def _dropout(req: GradientRequest, shapes: list, m: int, errors: list[ErrorItem]) -> Dropout | None:
     masks = req.dropout.masks
     L = len(req.layers)
     if len(masks) != L - 1:
         errors.append(ErrorItem(location="dropout.masks", type="shape_mismatch",
                                 message=f"needs one mask per hidden layer: {L - 1} for {L} layers, got {len(masks)}"))
         return None
-    converted = []
+    converted: list[np.ndarray | None] = []
     for i, D in enumerate(masks):
-        n_l = req.layers[i].W.shape[0]
+        if D is None:
+            converted.append(None)
+            continue
+        n_l = shapes[i + 1][0] if shapes[i + 1] is not None else 0
         want = (m, n_l) if req.layout == "examples_first" else (n_l, m)
         if D.shape != want:
             errors.append(ErrorItem(location=f"dropout.masks[{i}]", type="shape_mismatch",
@@ -258,31 +298,53 @@ class GradientResponse(BaseModel):
     cost: float = Field(description="J, including the L2 term.")
     AL: Numbers = Field(description="The output activation A_L, in the request's layout.")
     gradients: dict[str, Numbers | list[float]] = Field(
-        description="dW1..dWL, db1..dbL (each in the shape b was sent), dZ1..dZL, dA0..dA{L}.")
+        description="d<param><l> for every parameter of every layer (dW1..dWL, db1..dbL, dgamma<l>, dbeta<l>; each in "
+                    "the shape its parameter was sent in), dZ1..dZL, dA0..dA{L}.")
     caches: Optional[dict[str, Numbers]] = Field(default=None, description="Z1..ZL and A1..AL, when include_caches.")
+    state: Optional[dict[str, dict[str, Numbers | list[float]]]] = Field(
+        default=None, description="Only for networks with running statistics (batchnorm): each such layer's updated "
+                                  "`running_mean` and `running_var`, keyed by layer number, in the shapes sent (a "
+                                  "column when not sent).")
     warnings: list[NullWarning] = Field(default_factory=list, description="Entries returned as null, and why.")
 
 
 MAX_LISTED_ENTRIES = 100
 
 
+def _per_example(a: np.ndarray, layouts: Layouts) -> np.ndarray:
+    # orjson writes only C-contiguous arrays.
+    return np.ascontiguousarray(a.T if layouts.examples_first and a.ndim == 2 else a)
+
+
+def gradient_arrays(result: Result, prep: Prepared) -> dict[str, np.ndarray]:
+    """Every parameter's gradient in the form it was sent, keyed d<param><l>, layer by layer (dW1, db1, dW2, ...)."""
+    out = {}
+    for l, layer in enumerate(prep.layers, start=1):
+        for param in layer.unit.params:
+            grad = param.to_wire(result.grads[l - 1][param.name], prep.sent[l - 1][param.name], prep.layouts)
+            out[keys.grad(param.name, l)] = np.ascontiguousarray(grad)
+    return out
+
+
+def state_arrays(result: Result, prep: Prepared) -> dict[str, dict[str, np.ndarray]]:
+    """The running statistics each layer returns, in the shapes sent, keyed by layer number."""
+    out = {}
+    for l, layer in enumerate(prep.layers, start=1):
+        if layer.unit.states:
+            out[str(l)] = {s.name: np.ascontiguousarray(s.to_wire(result.state[l - 1][s.name],
+                                                                  prep.sent[l - 1].get(s.name), prep.layouts))
+                           for s in layer.unit.states}
+    return out
+
+
 def to_wire(result: Result, prep: Prepared, include_caches: bool) -> dict:
-    """The engine's features-first result -> the response body (numpy arrays, for orjson)."""
-
-    def units_by_m(a: np.ndarray) -> np.ndarray:
-        # orjson writes only C-contiguous arrays.
-        return np.ascontiguousarray(a.T if prep.examples_first else a)
-
+    """The engine's result -> the response body (numpy arrays, for orjson)."""
     L = len(prep.layers)
-    grads: dict[str, np.ndarray] = {}
+    grads: dict[str, Any] = gradient_arrays(result, prep)
     for l in range(1, L + 1):
-        grads[f"dW{l}"] = np.ascontiguousarray(result.dW[l - 1])
-        db = result.db[l - 1]
-        grads[f"db{l}"] = db.reshape(-1) if prep.b_is_vector[l - 1] else db
-    for l in range(1, L + 1):
-        grads[f"dZ{l}"] = units_by_m(result.dZ[l - 1])
+        grads[keys.dZ(l)] = _per_example(result.dZ[l - 1], prep.layouts)
     for l in range(L + 1):
-        grads[f"dA{l}"] = units_by_m(result.dA[l])
+        grads[keys.dA(l)] = _per_example(result.dA[l], prep.layouts)
 
     warnings = []
     if result.unrepresentable.any():
@@ -297,11 +359,15 @@ def to_wire(result: Result, prep: Prepared, include_caches: bool) -> dict:
             "count": int(idx.shape[0]),
         })
 
-    body = {"cost": result.cost, "AL": units_by_m(result.AL), "gradients": grads, "warnings": warnings}
+    body: dict[str, Any] = {"cost": result.cost, "AL": _per_example(result.AL, prep.layouts), "gradients": grads}
+    state = state_arrays(result, prep)
+    if state:
+        body["state"] = state
+    body["warnings"] = warnings
     if include_caches:
         caches = {}
         for l in range(1, L + 1):
-            caches[f"Z{l}"] = units_by_m(result.Z[l - 1])
-            caches[f"A{l}"] = units_by_m(result.A[l - 1])
+            caches[keys.Z(l)] = _per_example(result.Z[l - 1], prep.layouts)
+            caches[keys.A(l)] = _per_example(result.A[l - 1], prep.layouts)
         body["caches"] = caches
     return body

@@ -216,10 +216,6 @@ class GradeRequest(GradientRequest):
         return self
 
 
-def _key_list(L: int) -> str:
-    return f"cost, AL, dW1..dW{L}, db1..db{L}, dZ1..dZ{L}, dA0..dA{L}"
-
-
 def _over(location: str, message: str) -> InvalidRequest:
     return InvalidRequest([ErrorItem(location=location, type="limit_exceeded", message=message)],
                           title="Request over the limits", slug="limit-exceeded")
@@ -297,24 +293,25 @@ def _located(exc: ValidationError, base: tuple) -> list[ErrorItem]:
         loc = (*base, *err["loc"])
         if err["type"] == "ragged_matrix":
             loc = (*loc, err["ctx"]["row"])
-        location = format_location(loc)
+        location = format_location(loc, err["type"] in ("extra_forbidden", "missing"))
         items.append(ErrorItem(location=location, message=item.message, type=item.type))
     return items
 
 
-def _key_errors(arrays: dict[str, np.ndarray], base: str, L: int, points: Optional[dict]) -> list[ErrorItem]:
+def _key_errors(arrays: dict[str, np.ndarray], base: str, layers: list, points: Optional[dict]) -> list[ErrorItem]:
     """Unknown key names, or nothing to grade."""
-    valid = set(grading.key_names(L))
+    valid = set(grading.key_names(layers))
+    L, listing = len(layers), grading.key_summary(layers)
     errors = []
     if not arrays and not points:
         errors.append(ErrorItem(location=base, type="empty_submission",
                                 message=f"the submission holds no key, so there is nothing to grade: send at least "
-                                        f"one of {_key_list(L)} (or list keys in `points` to grade them as missing)"))
+                                        f"one of {listing} (or list keys in `points` to grade them as missing)"))
     for key in arrays:
         if key not in valid:
             errors.append(ErrorItem(location=f"{base}.{key}", type="unknown_key",
                                     message=f"{key!r} is not a quantity of this {L}-layer network; the keys are "
-                                            f"{_key_list(L)}"))
+                                            f"{listing}"))
     return errors
 
 
@@ -348,16 +345,17 @@ def prepare_grading(req: GradeRequest, limits: Limits) -> tuple[Prepared, Batch]
     subs = _read_submissions(req, limits)
     prep = prepare(req, limits)
     L = len(prep.layers)
-    valid = set(grading.key_names(L))
+    valid = set(grading.key_names(prep.layers))
     for i, arrays in enumerate(subs.arrays):
-        errors = [] if arrays is None else _key_errors(arrays, f"submissions[{i}]" if batch else "submission", L,
-                                                       req.points)
+        errors = [] if arrays is None else _key_errors(arrays, f"submissions[{i}]" if batch else "submission",
+                                                       prep.layers, req.points)
         if errors and not batch:
             raise InvalidRequest(errors)
         if errors:
             subs.arrays[i], subs.errors[i] = None, errors
     bad_points = [ErrorItem(location=f"points.{key}", type="unknown_key",
-                            message=f"{key!r} is not a quantity of this {L}-layer network; the keys are {_key_list(L)}")
+                            message=f"{key!r} is not a quantity of this {L}-layer network; the keys are "
+                                    f"{grading.key_summary(prep.layers)}")
                   for key in req.points or {} if key not in valid]
     if bad_points:
         raise InvalidRequest(bad_points)
@@ -590,5 +588,5 @@ def grade_to_wire(grades: list[grading.SubmissionGrade], ref: grading.Reference,
     if req.reveal:
         keys = {k.key for g in grades for k in g.keys}
         body["reference"] = {k: _wire_array(k, ref.arrays[k], prep.examples_first)
-                             for k in grading.key_names(ref.L) if k in keys}
+                             for k in grading.key_names(ref.layers) if k in keys}
     return body

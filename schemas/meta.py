@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from pydantic import BaseModel, Field
 
@@ -31,13 +31,57 @@ class CostInfo(BaseModel):
     label_domain: str
 
 
+# One parameter, running statistic or hyperparameter of a layer kind.
+class FieldInfo(BaseModel):
+    name: str
+    description: str
+    l2: Optional[bool] = Field(default=None, description="Parameters: whether L2 regularizes it.")
+    type: Optional[str] = Field(default=None, description="Hyperparameters: `float`, `int`, `int_pair` or `choice`.")
+    default: Any = Field(default=None, description="Hyperparameters: the default (absent: required).")
+    choices: Optional[list[str]] = None
+
+
+# One registered layer kind, from its registry unit.
+class KindInfo(BaseModel):
+    name: str
+    description: str
+    params: list[FieldInfo]
+    state: list[FieldInfo] = Field(description="Running statistics it reads (optional) and returns updated.")
+    hyperparameters: list[FieldInfo]
+    default_activation: Optional[str] = Field(description="null: `activation` must be sent.")
+    formulas: dict[str, str] = Field(description="`forward`, `backward` (the input's gradient) and `d<param>`, in text.")
+    latex: dict[str, str] = Field(description="The same in LaTeX.")
+    mistakes: list[str] = Field(description="The diagnosis codes of this kind's typical mistakes (POST /v1/grade).")
+
+
+def kind_info(kind) -> KindInfo:
+    """A registered kind (service.engine.kinds.Kind) as /v1 lists it."""
+    from service.engine.kinds import REQUIRED
+
+    f = kind.formulas
+    return KindInfo(
+        name=kind.name, description=kind.description,
+        params=[FieldInfo(name=p.name, description=p.description, l2=p.l2) for p in kind.params],
+        state=[FieldInfo(name=s.name, description=s.description) for s in kind.states],
+        hyperparameters=[FieldInfo(name=h.name, description=h.description, type=h.type,
+                                   default=None if h.default is REQUIRED else h.default,
+                                   choices=list(h.choices) or None) for h in kind.hypers],
+        default_activation=kind.default_activation,
+        formulas={"forward": f.forward, "backward": f.backward, **{f"d{p}": t for p, (t, _) in f.grads.items()}},
+        latex={"forward": f.forward_latex, "backward": f.backward_latex,
+               **{f"d{p}": tex for p, (_, tex) in f.grads.items()}},
+        mistakes=[m.code for m in kind.mistakes])
+
+
 # GET /v1: what this deployment supports and allows.
 class ServiceInfo(BaseModel):
     name: str
     version: str
     activations: list[ActivationInfo]
     costs: list[CostInfo]
+    kinds: list[KindInfo] = Field(description="The layer kinds (`layers[i].type`), from the engine's registry.")
     layouts: list[str]
+    weight_layouts: list[str]
     intermediates: list[str]
     limits: dict[str, int] = Field(description="Active per-request limits, body bytes included.")
     api_keys_required: bool

@@ -98,8 +98,9 @@ def grade():
         # The mistaken-backprop hypotheses may re-run at most one request's worth of work (GRADIENT_MAX_WORK) and
         # keep at most one pass's worth of numbers (GRADIENT_MAX_ACTIVATIONS); the rest are skipped with a note.
         ref = grading.build_reference(prep.X, prep.Y, prep.layers, req.cost, l2=req.l2, dropout=prep.dropout,
-                                      intermediates=req.intermediates, db_as_vector=prep.b_is_vector,
-                                      variant_work=limits.max_work, variant_elements=limits.max_activations)
+                                      intermediates=req.intermediates, sent=prep.sent, layouts=prep.layouts,
+                                      in_shapes=prep.shapes[:-1], variant_work=limits.max_work,
+                                      variant_elements=limits.max_activations)
         grades = grading.grade_all(ref, subs.graded, tol, req.points, lenient_shapes=req.shape_policy == "lenient")
     return json_response(grade_to_wire(grades, ref, prep, req, subs, effective))
 
@@ -118,13 +119,13 @@ def grade():
 def gradient_check():
     """Central-difference check of dW and db."""
     req = parse_body(GradientCheckRequest)
-    prep, dW, db = prepare_check(req, current_app.config["SETTINGS"].limits())
+    prep, submitted = prepare_check(req, current_app.config["SETTINGS"].limits())
     with metrics.COMPUTE.time():
-        if dW is None:
-            result = engine.compute(prep.X, prep.Y, prep.layers, req.cost, l2=req.l2, dropout=prep.dropout)
-            dW, db = result.dW, result.db
+        grads = submitted
+        if grads is None:
+            grads = engine.compute(prep.X, prep.Y, prep.layers, req.cost, l2=req.l2, dropout=prep.dropout).grads
         # prepare_check refused any request over its caps; the engine's TooManyPasses is only its own guard.
-        res = gradcheck.check(prep.X, prep.Y, prep.layers, req.cost, dW, db, l2=req.l2, dropout=prep.dropout,
+        res = gradcheck.check(prep.X, prep.Y, prep.layers, req.cost, grads, l2=req.l2, dropout=prep.dropout,
                               epsilon=req.epsilon, threshold=req.threshold, mode=req.mode, samples=req.samples,
                               seed=req.seed, max_passes=req.max_forward_passes, worst=req.worst)
     return json_response(check_to_wire(res, prep, req))

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from schemas.errors import Problem
-from service.engine import ACTIVATIONS, COSTS
+from service.engine import ACTIVATIONS, COSTS, KINDS
 
 REF = "#/components/schemas/{model}"
 
@@ -67,6 +67,11 @@ def formulas_markdown() -> str:
     for c in COSTS.values():
         outputs = "any" if c.output_activations is None else ", ".join(sorted(c.output_activations))
         lines.append(f"| `{c.name}` | {outputs} | {c.label_domain} | {c.formula} | {c.dA_formula} |")
+    lines += ["", "**Layer kinds** (`layers[i].type`; absent means `dense`)", "",
+              "| type | parameters | forward | backward |", "|---|---|---|---|"]
+    for k in KINDS.values():
+        params = ", ".join(p.name + (" (L2)" if p.l2 else "") for p in k.params)
+        lines.append(f"| `{k.name}` | {params} | {k.formulas.forward} | {k.formulas.backward} |")
     return "\n".join(lines)
 
 

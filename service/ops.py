@@ -10,10 +10,10 @@ import numpy as np
 from flask import Blueprint, Response, current_app
 from flask_swagger_ui import get_swaggerui_blueprint
 
-from schemas.gradients import LAYOUTS
-from schemas.meta import ActivationInfo, CostInfo, Health, ServiceInfo
+from schemas.gradients import LAYOUTS, WEIGHT_LAYOUTS
+from schemas.meta import ActivationInfo, CostInfo, Health, KindInfo, ServiceInfo, kind_info
 from service import engine, lifecycle, metrics
-from service.engine import ACTIVATIONS, COSTS, INTERMEDIATES, Layer
+from service.engine import ACTIVATIONS, COSTS, INTERMEDIATES, KINDS, dense
 from service.http import json_response
 from service.openapi import build_spec, documented
 
@@ -29,12 +29,13 @@ def _readiness_checks() -> dict[str, str]:
     """Two tiny networks whose every number is known in closed form."""
     checks = {}
     # Linear + MSE: Z = [3, 5], J = (9 + 25) / 4, dW = (3*1 + 5*2) / 2, db = (3 + 5) / 2, dA0 = W^T dZ = [6, 10].
-    r = engine.compute(np.array([[1.0, 2.0]]), np.zeros((1, 2)), [Layer(np.array([[2.0]]), np.array([[1.0]]), "linear")],
+    r = engine.compute(np.array([[1.0, 2.0]]), np.zeros((1, 2)), [dense(np.array([[2.0]]), np.array([[1.0]]), "linear")],
                        "mean_squared_error")
-    ok = (r.cost == 8.5 and r.dW[0][0, 0] == 6.5 and r.db[0][0, 0] == 4.0 and r.dA[0].tolist() == [[6.0, 10.0]])
+    ok = (r.cost == 8.5 and r.grads[0]["W"][0, 0] == 6.5 and r.grads[0]["b"][0, 0] == 4.0
+          and r.dA[0].tolist() == [[6.0, 10.0]])
     checks["linear_mse"] = "ok" if ok else "wrong"
     # Sigmoid + BCE at z = 0, y = 1: a = 1/2, J = log 2, dZ = a - y = -1/2.
-    r = engine.compute(np.array([[1.0]]), np.ones((1, 1)), [Layer(np.zeros((1, 1)), np.zeros((1, 1)), "sigmoid")],
+    r = engine.compute(np.array([[1.0]]), np.ones((1, 1)), [dense(np.zeros((1, 1)), np.zeros((1, 1)), "sigmoid")],
                        "binary_cross_entropy")
     ok = abs(r.cost - math.log(2)) < 1e-15 and r.dZ[0][0, 0] == -0.5 and r.dA[1][0, 0] == -2.0
     checks["sigmoid_bce"] = "ok" if ok else "wrong"
@@ -74,7 +75,9 @@ def info():
                         fused_activation=c.fused_activation,
                         output_activations=None if c.output_activations is None else sorted(c.output_activations))
                for c in COSTS.values()],
+        kinds=[kind_info(kind) for kind in KINDS.values()],
         layouts=list(LAYOUTS),
+        weight_layouts=list(WEIGHT_LAYOUTS),
         intermediates=list(INTERMEDIATES),
         limits={"max_body_bytes": settings.max_body_bytes, **dataclasses.asdict(settings.limits())},
         api_keys_required=bool(settings.api_keys),

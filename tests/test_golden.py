@@ -1,11 +1,32 @@
 """Every /v1 POST body the test suite sent before the layer kinds existed gets the same response, byte for byte
-(tests/data/golden.jsonl.gz, recorded by ``python -m tests.golden record``; request ids masked)."""
+(tests/data/golden.jsonl.gz, recorded by ``python -m tests.golden record``; request ids masked).
+
+One difference is allowed, and only it: where pydantic lists the accepted values of an enumeration ("Input should
+be 'a', 'b' or 'c'"), the names registered since the recording (``ADDED``) are taken out of the new response
+before comparing. A body with an unknown cost is told every cost there is, the new ones included.
+"""
 
 from __future__ import annotations
 
 import base64
+import re
 
 from tests.golden import load, normalised, replay
+
+# Registry names added since tests/data/golden.jsonl.gz was recorded.
+ADDED = ("multiclass_hinge",)
+_ENUMERATION = re.compile(rb"Input should be ((?:'[a-z_]+', )*'[a-z_]+' or '[a-z_]+')")
+
+
+def _without_added(body: bytes) -> bytes:
+    def rewrite(match: re.Match) -> bytes:
+        names = re.findall(rb"'([a-z_]+)'", match.group(1))
+        kept = [n for n in names if n.decode() not in ADDED]
+        listed = b", ".join(b"'" + n + b"'" for n in kept[:-1]) + b" or '" + kept[-1] + b"'" if len(kept) > 1 else \
+            b"'" + kept[0] + b"'"
+        return b"Input should be " + listed
+
+    return _ENUMERATION.sub(rewrite, body)
 
 
 def test_every_recorded_body_gets_the_recorded_response():
@@ -14,7 +35,7 @@ def test_every_recorded_body_gets_the_recorded_response():
     differ = []
     for e, status, body in replay(entries):
         want = base64.b64decode(e["response"])
-        if status != e["status"] or normalised(body) != normalised(want):
+        if status != e["status"] or normalised(_without_added(body)) != normalised(want):
             differ.append(f"{e['path']} {base64.b64decode(e['body'])[:200]!r}\n  want {e['status']} "
                           f"{want[:300]!r}\n  got  {status} {body[:300]!r}")
     assert not differ, f"{len(differ)} of {len(entries)} responses changed:\n" + "\n".join(differ[:10])

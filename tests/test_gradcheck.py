@@ -56,7 +56,7 @@ def test_gradients_match_central_differences(pairing, k):
     seed = 7000 + 10 * PAIRINGS.index(pairing) + k
     # Small networks, every relu / leaky_relu pre-activation at least 1e-4 away from its kink.
     case = random_case(seed, pairing=pairing, n_layers=k + 1, intermediates="mean", max_m=5, kink_margin=1e-4)
-    layers = [engine.Layer(W=W, b=b, activation=a, negative_slope=DEFAULT_NEGATIVE_SLOPE if s is None else s)
+    layers = [engine.dense(W, b, a, DEFAULT_NEGATIVE_SLOPE if s is None else s)
               for W, b, a, s in case.layer_tuples()]
     dropout = engine.Dropout(case.keep_prob, tuple(case.masks)) if case.masks is not None else None
     X, Y = case.X.copy(), case.Y
@@ -67,11 +67,11 @@ def test_gradients_match_central_differences(pairing, k):
     res = engine.compute(X, Y, layers, case.cost, l2=case.l2, dropout=dropout, intermediates="mean")
     checked = 0
     for l, layer in enumerate(layers, start=1):
-        num_W = numerical_gradient(cost, layer.W)
-        num_b = numerical_gradient(cost, layer.b)
-        assert res.dW[l - 1].shape == num_W.shape and res.db[l - 1].shape == num_b.shape
-        assert rel_error(res.dW[l - 1], num_W, floor=1e-4) < TOL, f"dW{l}: {res.dW[l - 1]} vs {num_W}"
-        assert rel_error(res.db[l - 1], num_b, floor=1e-4) < TOL, f"db{l}: {res.db[l - 1]} vs {num_b}"
+        num_W = numerical_gradient(cost, layer.params["W"])
+        num_b = numerical_gradient(cost, layer.params["b"])
+        assert res.grads[l - 1]["W"].shape == num_W.shape and res.grads[l - 1]["b"].shape == num_b.shape
+        assert rel_error(res.grads[l - 1]["W"], num_W, floor=1e-4) < TOL, f"dW{l}: {res.grads[l - 1]['W']} vs {num_W}"
+        assert rel_error(res.grads[l - 1]["b"], num_b, floor=1e-4) < TOL, f"db{l}: {res.grads[l - 1]['b']} vs {num_b}"
         checked += np.count_nonzero(num_W) + np.count_nonzero(num_b)
     num_X = numerical_gradient(cost, X)
     assert rel_error(res.dA[0], num_X, floor=1e-4) < TOL, f"dA0: {res.dA[0]} vs {num_X}"
@@ -81,11 +81,11 @@ def test_gradients_match_central_differences(pairing, k):
 def test_gradcheck_detects_a_wrong_gradient():
     """The checker itself can fail: a 0.1% error in dW is far above its threshold."""
     case = random_case(7003, pairing=PAIRINGS[0], n_layers=2, intermediates="mean", max_m=5)
-    layers = [engine.Layer(W=W, b=b, activation=a) for W, b, a, _ in case.layer_tuples()]
+    layers = [engine.dense(W, b, a) for W, b, a, _ in case.layer_tuples()]
     res = engine.compute(case.X, case.Y, layers, case.cost, intermediates="mean")
-    num = numerical_gradient(lambda: engine.compute(case.X, case.Y, layers, case.cost).cost, layers[0].W)
-    assert rel_error(res.dW[0], num, floor=1e-4) < 1e-6
-    assert rel_error(res.dW[0] * 1.001, num, floor=1e-4) > 1e-4
+    num = numerical_gradient(lambda: engine.compute(case.X, case.Y, layers, case.cost).cost, layers[0].params["W"])
+    assert rel_error(res.grads[0]["W"], num, floor=1e-4) < 1e-6
+    assert rel_error(res.grads[0]["W"] * 1.001, num, floor=1e-4) > 1e-4
 
 
 # --- the fused last layer: dZ_L = A_L - Y equals dA_L * g'(Z_L) -----------------------------------------------------
@@ -102,7 +102,7 @@ def _labels(rng: np.random.Generator, cost: str, n: int, m: int) -> np.ndarray:
         Y[pick < 0.35] = 0.0
         Y[pick > 0.65] = 1.0
         return Y
-    if cost == "categorical_cross_entropy":
+    if cost in ("categorical_cross_entropy", "multiclass_hinge"):
         Y = np.zeros((n, m))
         Y[rng.integers(0, n, size=m), np.arange(m)] = 1.0
         return Y
@@ -110,7 +110,7 @@ def _labels(rng: np.random.Generator, cost: str, n: int, m: int) -> np.ndarray:
 
 
 FUSED = [("binary_cross_entropy", "sigmoid"), ("categorical_cross_entropy", "softmax"),
-         ("mean_squared_error", "linear")]
+         ("mean_squared_error", "linear"), ("multiclass_hinge", "linear")]
 
 
 def test_fused_activations_are_the_canonical_pairs():
@@ -121,7 +121,7 @@ def test_fused_activations_are_the_canonical_pairs():
 @pytest.mark.parametrize("seed", range(40))
 def test_fused_dZ_equals_chain_rule(cost, act, seed):
     rng = np.random.default_rng(seed)
-    n = int(rng.integers(1 if cost != "categorical_cross_entropy" else 2, 6))
+    n = int(rng.integers(1 if cost not in ("categorical_cross_entropy", "multiclass_hinge") else 2, 6))
     m = int(rng.integers(1, 20))
     Z = _random_logits(rng, (n, m))
     Y = _labels(rng, cost, n, m)
@@ -130,7 +130,9 @@ def test_fused_dZ_equals_chain_rule(cost, act, seed):
     with np.errstate(over="ignore", invalid="ignore"):
         dA = unit.dA(Z, A, Y)
         chain = g.backward(dA, Z, A)
-    fused = A - Y
+    fused = unit.fused_dZ(Z, A, Y)
+    if unit.fused_formula == "A{L} - Y":  # the identity the course teaches, where the unit says it holds
+        np.testing.assert_allclose(fused, A - Y, rtol=1e-12, atol=4e-16)
     # Where the chain rule is finite (per column for softmax, whose backward mixes the column) both must agree.
     finite = np.isfinite(chain) & np.all(np.isfinite(dA), axis=0, keepdims=True)
     assert finite.any()

@@ -17,7 +17,9 @@ from schemas import grading as grading_schema
 from schemas.gradients import GradientRequest, prepare
 from schemas.limits import Limits
 from service import grading_routes
+from service import engine
 from service.engine import gradcheck, grading
+from service.engine.grading import reference as grading_reference
 from service.engine.grading import Tolerance
 from tests.oracle import random_case
 
@@ -62,11 +64,23 @@ def network(seed: int, cost: str, out: str, hidden: list[str], *, sizes=None, m=
     return body
 
 
+def keys_of(L: int) -> list[str]:
+    """Every key of an L-layer dense network."""
+    return grading.key_names([engine.dense(np.zeros((1, 1)), np.zeros(1), "linear")] * L)
+
+
+def key_kind(key: str) -> str:
+    """'dW2' -> 'dW', 'dZ1' -> 'dZ', 'cost' -> 'cost'."""
+    k = grading.parse(key)
+    return "d" + k.name if k.quantity == "grad" else k.quantity
+
+
 def reference(body: dict) -> grading.Reference:
     req = GradientRequest.model_validate(body)
     prep = prepare(req, Limits())
     return grading.build_reference(prep.X, prep.Y, prep.layers, req.cost, l2=req.l2, dropout=prep.dropout,
-                                   intermediates=req.intermediates, db_as_vector=prep.b_is_vector)
+                                   intermediates=req.intermediates, sent=prep.sent, layouts=prep.layouts,
+                                   in_shapes=prep.shapes[:-1])
 
 
 # --- the student's backprop, with a switch per mistake --------------------------------------------------------
@@ -213,7 +227,7 @@ def test_correct_submission_scores_full_marks_without_diagnoses(seed):
     ref = reference(body)
     submission = student(body)
     graded = grading.grade(ref, submission, Tolerance())
-    assert {k.key for k in graded.keys} == set(grading.key_names(len(body["layers"])))
+    assert {k.key for k in graded.keys} == set(keys_of(len(body["layers"])))
     assert [k.key for k in graded.keys if k.status != "correct"] == []
     assert graded.score == graded.max_score == len(graded.keys)
     assert all(k.diagnosis is None for k in graded.keys)
@@ -251,7 +265,7 @@ EXPECTED_CODE = {"off_by_one_down": "layer_index_off_by_one", "off_by_one_up": "
 
 
 def _expected(mistake: str, key: str) -> str:
-    kind = grading.parse_key(key)[0]
+    kind = key_kind(key)
     if mistake == "extra_1_over_m" and kind in ("dZ", "dA"):
         return "intermediate_convention"  # the student's mean-convention dZ, then 1/m again in dW
     return EXPECTED_CODE.get(mistake, mistake)
@@ -305,7 +319,7 @@ def test_per_example_submission_against_a_mean_request():
     ref = reference(body)
     graded = grading.grade(ref, student(body), Tolerance())  # the course's per-example dZ and dA
     wrong = {k.key: k.diagnosis.code for k in graded.keys if k.status != "correct"}
-    assert wrong == {k: "intermediate_convention" for k in grading.key_names(3) if k[:2] in ("dZ", "dA")}
+    assert wrong == {k: "intermediate_convention" for k in keys_of(3) if k[:2] in ("dZ", "dA")}
     assert all(k.diagnosis.evidence["ratio"] == pytest.approx(4.0) for k in graded.keys if k.diagnosis)
 
 
@@ -318,11 +332,11 @@ def test_backprop_hypotheses_stay_within_the_work_budget():
     # touches layer 1 only, every other one goes down from its layer to layer 1 (dW1 is wrong).
     req = GradientRequest.model_validate(body)
     prep = prepare(req, Limits())
-    one_layer = 2 * gradcheck.layer_cost(prep.layers[0], 4)
+    one_layer = 2 * gradcheck.evaluation_cost(prep.layers[0], prep.shapes[0], 4)
     tight = grading.build_reference(prep.X, prep.Y, prep.layers, req.cost, variant_work=one_layer)
     graded = grading.grade(tight, submission, Tolerance())
     assert [(v.code, v.layer) for v in tight.variants] == [("derivative_on_A", 1)]
-    assert tight.work_spent == one_layer and tight.skipped_variants == 3  # dAL at 3, derivative_on_A at 3 and 2
+    assert tight.work_spent == one_layer and len(tight.skipped) == 3  # dAL at 3, derivative_on_A at 3 and 2
     assert graded.summary[0][0].code == "derivative_on_A"
     zero = grading.build_reference(prep.X, prep.Y, prep.layers, req.cost, variant_work=0)
     graded = grading.grade(zero, submission, Tolerance())
@@ -359,7 +373,7 @@ def test_hypotheses_run_only_for_wrong_keys_and_only_what_they_need():
         ("derivative_on_A", 64)]
     assert all(set(v.arrays) == {"dA60"} for v in ref.variants)
     assert ref.elements_stored == 5 * 2000 and ref.skipped == []
-    layer = gradcheck.layer_cost(ref.layers[0], 2000)  # every layer is 1 x 1
+    layer = gradcheck.evaluation_cost(ref.layers[0], ref.in_shapes[0], 2000)  # every layer is 1 x 1
     assert ref.work_spent == 2 * layer * (5 + 5 + 4 + 3 + 2)
 
 
@@ -372,7 +386,7 @@ def test_hypotheses_are_bounded_by_stored_numbers_too():
     submission = {k: v * (1 + 0.5 * rng.normal(size=v.shape)) for k, v in ref.arrays.items() if k in ("dZ1", "dA1", "dZ2")}
     graded = grading.grade(ref, submission, Tolerance())
     # Each pass would keep dZ1, dA1 and dZ2 (3000 numbers): the first one fits, every other one is skipped.
-    assert len(ref.variants) == 1 and ref.elements_stored == 3000 and ref.skipped_variants == len(ref.plan) - 1
+    assert len(ref.variants) == 1 and ref.elements_stored == 3000 and len(ref.skipped) == len(grading.hypotheses(ref.layers, ref.dropout)) - 1
     assert [(k.status, k.diagnosis) for k in graded.keys] == [("incorrect", None)] * 3
     assert all(any("were not tested" in n for n in k.notes) for k in graded.keys)
 
@@ -412,7 +426,7 @@ def test_mistaken_backprop_without_a_mistake_is_the_reference(intermediates):
     again = grading.backprop_from(ref, ref.L, ref.per_example("dZ", ref.L))
     for key, a in again.items():
         np.testing.assert_allclose(a, ref.arrays[key], rtol=1e-13, atol=1e-15)
-    assert set(again) == {k for k in grading.key_names(ref.L) if k not in ("cost", "AL", f"dA{ref.L}")}
+    assert set(again) == {k for k in grading.key_names(ref.layers) if k not in ("cost", "AL", f"dA{ref.L}")}
     # from layer 3 down to layer 2 only: dA1 is the lowest dA with its dropout mask applied
     part = grading.backprop_from(ref, ref.L, ref.per_example("dZ", ref.L), lowest=2)
     assert set(part) == {"dZ2", "dW2", "db2", "dZ3", "dW3", "db3", "dA2"}
@@ -482,7 +496,7 @@ def test_http_grade_full_marks_and_diagnosis(post):
     assert status == 200, out
     result = out["result"]
     by_key = {k["key"]: k for k in result["keys"]}
-    assert result["max_score"] == len(by_key) == len(grading.key_names(3))
+    assert result["max_score"] == len(by_key) == len(keys_of(3))
     assert result["score"] == result["max_score"] - 1
     assert by_key["dW3"]["status"] == "incorrect"
     assert by_key["dW3"]["diagnosis"]["code"] == "missing_1_over_m"
@@ -559,7 +573,7 @@ def test_the_gradients_response_scores_full_marks_on_the_oracle_suite(post, seed
     body.pop("include_caches", None)  # /v1/grade grades; it returns no caches
     out, result = _fed_back(post, body)
     _full_marks(result)
-    assert {k["key"] for k in result["keys"]} == set(grading.key_names(len(body["layers"])))
+    assert {k["key"] for k in result["keys"]} == set(keys_of(len(body["layers"])))
 
 
 SATURATED = {
@@ -692,7 +706,7 @@ def test_a_batch_over_the_graded_keys_limit_is_refused_before_any_work(post, mon
     monkeypatch.setattr(grading, "build_reference", lambda *a, **k: pytest.fail("no work may start"))
     body = _deep_width_one(m=4)
     everything = {k: (np.zeros((1, 4)) if grading.is_per_example(k) else np.zeros((1, 1))).tolist()
-                  for k in grading.key_names(64) if k != "cost"}
+                  for k in keys_of(64) if k != "cost"}
     status, problem = post({**body, "submissions": [everything] * 100}, path="/v1/grade")
     assert status == 422 and problem["errors"] == [{
         "location": "submissions", "type": "limit_exceeded",
@@ -973,13 +987,13 @@ def test_the_scaled_ratio_attack_of_the_issue_recovers_nothing(post):
 
 def test_batch_computes_the_reference_once(post, monkeypatch):
     calls = []
-    real = grading.compute
+    real = grading_reference.compute
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(grading, "compute", counting)
+    monkeypatch.setattr(grading_reference, "compute", counting)
     body = network(31, "binary_cross_entropy", "sigmoid", ["sigmoid"], m=4)
     mistakes = [None, "missing_1_over_m", "derivative_on_A", "sign_flipped", "dAL_sent_as_dZL"]
     subs = [_wire(student(body, mk, 1)) for mk in mistakes]

@@ -35,6 +35,7 @@ if __name__ == "__main__":
 
 from service import create_app
 from service.engine import grading
+from service.engine.grading.diagnose import local_candidates
 from tests.test_grade import REVEAL_BODIES, reference
 
 KEYS = {"default": "attack-default-0123456789", "single": "attack-single-0123456789",
@@ -215,7 +216,7 @@ def measure() -> dict[str, dict[str, int]]:
 def cost_windows() -> int:
     """Windows of r one status-only answer about a cost can tell apart: its own, and one per hypothesis a wrong
     cost is tested against (m r, r / m, -r here; with L2 also the two without its term), each as narrow."""
-    return 1 + len(list(grading._local_candidates(reference(BODY), "cost")))
+    return 1 + len(list(local_candidates(reference(BODY), "cost")))
 
 
 def strict_lower_bound(prior: tuple[float, float], rtol: float = 1e-5) -> int:

@@ -55,7 +55,7 @@ def test_own_gradients_pass_for_every_activation_and_cost(cost, out, hidden):
     body = network(HIDDEN.index(hidden) * 10 + OUTPUTS.index((cost, out)), cost, out, [hidden, hidden], l2=0.1)
     req, prep = prepared(body)
     r = compute(prep.X, prep.Y, prep.layers, cost, l2=req.l2)
-    res = gradcheck.check(prep.X, prep.Y, prep.layers, cost, r.dW, r.db, l2=req.l2)
+    res = gradcheck.check(prep.X, prep.Y, prep.layers, cost, r.grads, l2=req.l2)
     assert res.passed, (res.difference, res.worst[:2])
     assert res.difference < 2e-7
     assert res.sample_size == res.entries_total == gradcheck.parameter_count(prep.layers)
@@ -106,12 +106,12 @@ def test_directions_mode_passes_and_catches_a_wrong_gradient():
     body = network(5, "mean_squared_error", "tanh", ["relu", "sigmoid"], l2=0.3)
     req, prep = prepared(body)
     r = compute(prep.X, prep.Y, prep.layers, req.cost, l2=req.l2)
-    ok = gradcheck.check(prep.X, prep.Y, prep.layers, req.cost, r.dW, r.db, l2=req.l2, mode="directions", samples=8)
+    ok = gradcheck.check(prep.X, prep.Y, prep.layers, req.cost, r.grads, l2=req.l2, mode="directions", samples=8)
     assert ok.passed and ok.sample_size == 8 and ok.forward_passes == 17
     assert all(p.difference is None for p in ok.parameters)
-    dW = [w.copy() for w in r.dW]
-    dW[1] *= 1.01
-    bad = gradcheck.check(prep.X, prep.Y, prep.layers, req.cost, dW, r.db, l2=req.l2, mode="directions", samples=8)
+    grads = [{k: v.copy() for k, v in g.items()} for g in r.grads]
+    grads[1]["W"] *= 1.01
+    bad = gradcheck.check(prep.X, prep.Y, prep.layers, req.cost, grads, l2=req.l2, mode="directions", samples=8)
     assert not bad.passed and bad.difference > 1e-4
     assert bad.worst[0].direction is not None and bad.worst[0].parameter is None
 
@@ -168,17 +168,17 @@ def test_the_engine_counts_every_pass_and_refuses_beyond_the_cap():
     body = network(8, "binary_cross_entropy", "sigmoid", ["tanh"])
     req, prep = prepared(body)
     r = compute(prep.X, prep.Y, prep.layers, req.cost)
-    res = gradcheck.check(prep.X, prep.Y, prep.layers, req.cost, r.dW, r.db, mode="entries", samples=5, seed=1)
+    res = gradcheck.check(prep.X, prep.Y, prep.layers, req.cost, r.grads, mode="entries", samples=5, seed=1)
     assert res.forward_passes == 11 and res.sample_size == 5
     with pytest.raises(gradcheck.TooManyPasses) as info:
-        gradcheck.check(prep.X, prep.Y, prep.layers, req.cost, r.dW, r.db, max_passes=10)
+        gradcheck.check(prep.X, prep.Y, prep.layers, req.cost, r.grads, max_passes=10)
     assert info.value.planned == 1 + 2 * gradcheck.parameter_count(prep.layers)
 
 
 def test_the_work_budget_is_the_services_max_work():
     body = network(9, "mean_squared_error", "linear", ["tanh"], m=50)
     req, prep = prepared(body)
-    three = gradcheck.plan(prep.layers, 50, "entries", 3)
+    three = gradcheck.plan(prep.layers, prep.shapes[:-1], 50, "entries", 3)
     client = create_app({"max_work": three.work}).test_client()
     r = client.post("/v1/gradient-check", json={**body, "mode": "entries", "samples": 3})
     assert r.status_code == 200 and r.json["forward_passes"] == 7
@@ -200,8 +200,8 @@ def test_narrow_deep_networks_are_priced_by_their_layer_overhead(post, monkeypat
     net = {"layers": [{"W": [[0.9]], "b": [[0.0]], "activation": "sigmoid"} for _ in range(64)], "X": [[0.5]],
            "Y": [[1.0]], "cost": "binary_cross_entropy"}
     body = {**net, "mode": "directions", "samples": 99999, "max_forward_passes": 200000}
-    layers = prepared(net)[1].layers
-    plan = gradcheck.plan(layers, 1, "directions", 99999)
+    layers, shapes = prepared(net)[1].layers, prepared(net)[1].shapes[:-1]
+    plan = gradcheck.plan(layers, shapes, 1, "directions", 99999)
     status, problem = post(body, path="/v1/gradient-check")
     assert status == 422 and ran == []
     assert problem["errors"] == [{
@@ -211,8 +211,8 @@ def test_narrow_deep_networks_are_priced_by_their_layer_overhead(post, monkeypat
                    "4000000000; lower `samples`: at most 138 directions fit"}]
     assert plan.passes == 199999
     assert plan.work >= 199999 * 64 * gradcheck.LAYER_OVERHEAD  # the fixed cost alone is over the limit 3000 times
-    assert gradcheck.plan(layers, 1, "directions", 138).work <= 4_000_000_000 < \
-        gradcheck.plan(layers, 1, "directions", 139).work
+    assert gradcheck.plan(layers, shapes, 1, "directions", 138).work <= 4_000_000_000 < \
+        gradcheck.plan(layers, shapes, 1, "directions", 139).work
     monkeypatch.undo()
     status, out = post({**body, "samples": 138}, path="/v1/gradient-check")
     assert status == 200 and out["forward_passes"] == 277
@@ -221,32 +221,32 @@ def test_narrow_deep_networks_are_priced_by_their_layer_overhead(post, monkeypat
 def test_plan_prices_each_mode():
     body = network(12, "binary_cross_entropy", "sigmoid", ["tanh", "relu"], m=7)
     _, prep = prepared(body)
-    layers, m = prep.layers, 7
-    cost = [gradcheck.layer_cost(layer, m) for layer in layers]
-    n_out, n_in = layers[0].W.shape
+    layers, shapes, m = prep.layers, prep.shapes[:-1], 7
+    cost = [gradcheck.evaluation_cost(layer, shape, m) for layer, shape in zip(layers, shapes)]
+    n_out, n_in = layers[0].params["W"].shape
     assert cost[0] == n_out * n_in * (m + gradcheck.WEIGHT_READ) + gradcheck.ELEMENTWISE * n_out * m + \
         gradcheck.LAYER_OVERHEAD
-    sizes = [layer.W.size + layer.b.size for layer in layers]
+    sizes = [layer.params["W"].size + layer.params["b"].size for layer in layers]
     whole = sum(cost)
     # full: a pass for an entry of layer l evaluates layers l..L only
-    assert gradcheck.plan(layers, m, "full", None) == gradcheck.Plan(
+    assert gradcheck.plan(layers, shapes, m, "full", None) == gradcheck.Plan(
         1 + 2 * sum(sizes), whole + 2 * (sizes[0] * whole + sizes[1] * (cost[1] + cost[2]) + sizes[2] * cost[2]))
     # entries: priced as if every entry were in layer 1; directions: plus drawing them
-    assert gradcheck.plan(layers, m, "entries", 5) == gradcheck.Plan(11, 11 * whole)
-    assert gradcheck.plan(layers, m, "directions", 5) == gradcheck.Plan(
+    assert gradcheck.plan(layers, shapes, m, "entries", 5) == gradcheck.Plan(11, 11 * whole)
+    assert gradcheck.plan(layers, shapes, m, "directions", 5) == gradcheck.Plan(
         11, 11 * whole + 5 * (gradcheck.DIRECTION_DRAW * sum(sizes) + gradcheck.LAYER_OVERHEAD * 3))
 
 
 def test_a_check_leaves_the_callers_parameters_alone():
     body = network(13, "categorical_cross_entropy", "softmax", ["tanh"], l2=0.2)
     req, prep = prepared(body)
-    before = [(layer.W.copy(), layer.b.copy()) for layer in prep.layers]
+    before = [(layer.params["W"].copy(), layer.params["b"].copy()) for layer in prep.layers]
     r = compute(prep.X, prep.Y, prep.layers, req.cost, l2=req.l2)
-    res = gradcheck.check(prep.X, prep.Y, prep.layers, req.cost, r.dW, r.db, l2=req.l2)
+    res = gradcheck.check(prep.X, prep.Y, prep.layers, req.cost, r.grads, l2=req.l2)
     assert res.passed
     for layer, (W, b) in zip(prep.layers, before):
-        np.testing.assert_array_equal(layer.W, W)
-        np.testing.assert_array_equal(layer.b, b)
+        np.testing.assert_array_equal(layer.params["W"], W)
+        np.testing.assert_array_equal(layer.params["b"], b)
 
 
 def test_one_difference_metric_for_checks_and_grades():

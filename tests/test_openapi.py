@@ -11,7 +11,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from hypothesis import HealthCheck, settings
 
 from service import create_app
-from service.engine import ACTIVATIONS, COSTS
+from service.engine import ACTIVATIONS, COSTS, KINDS
 
 APP = create_app()
 schema = schemathesis.openapi.from_wsgi("/openapi.json", APP)
@@ -58,8 +58,16 @@ def test_metrics_documents_its_optional_401(spec):
 
 def test_request_schema_enumerates_the_registries(spec):
     schemas = spec["components"]["schemas"]
-    layer = schemas["LayerSpec"]
-    assert set(layer["properties"]["activation"]["enum"]) == set(ACTIVATIONS)
+    layers = schemas["GradientRequest"]["properties"]["layers"]["items"]
+    # A union discriminated by `type`, one schema per registered kind, with the kind's own fields.
+    assert set(layers["discriminator"]["mapping"]) == set(KINDS) and layers["discriminator"]["propertyName"] == "type"
+    for name, kind in KINDS.items():
+        layer = schemas[layers["discriminator"]["mapping"][name].rsplit("/", 1)[1]]
+        assert set(layer["properties"]["activation"]["enum"]) == set(ACTIVATIONS)
+        expected = {"type", "activation", "negative_slope", *(p.name for p in kind.params),
+                    *(s.name for s in kind.states), *(h.name for h in kind.hypers)}
+        assert set(layer["properties"]) == expected and layer["additionalProperties"] is False
+        assert {p.name for p in kind.params} <= set(layer["required"])
     assert set(schemas["GradientRequest"]["properties"]["cost"]["enum"]) == set(COSTS)
     assert schemas["GradientRequest"]["additionalProperties"] is False
 
@@ -70,10 +78,12 @@ def test_description_carries_every_formula(spec):
         assert unit.formula in text and unit.derivative_formula in text
     for unit in COSTS.values():
         assert unit.formula in text and unit.dA_formula in text
+    for kind in KINDS.values():
+        assert kind.formulas.forward in text and kind.formulas.backward in text
     # Every table row has exactly its columns (Swagger UI's Markdown has no escaped pipe: formulas write abs(z)).
     for line in text.splitlines():
         if line.startswith("| `"):
-            assert line.count("|") in (4, 6), line
+            assert line.count("|") in (4, 5, 6), line
 
 
 def test_docs_page_and_its_assets_are_served_locally():

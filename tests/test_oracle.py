@@ -157,7 +157,7 @@ def test_examples_first_is_the_transpose_of_features_first(post, seed):
 # --- engine level -----------------------------------------------------------------------------------------------
 
 def _engine_layers(case: Case) -> list[engine.Layer]:
-    return [engine.Layer(W=W, b=b, activation=a, negative_slope=0.01 if s is None else s)
+    return [engine.dense(W, b, a, 0.01 if s is None else s)
             for W, b, a, s in case.layer_tuples()]
 
 
@@ -172,8 +172,8 @@ def test_engine_compute_matches_torch(seed):
     assert_close(res.AL, ref.AL, "AL")
     assert not res.unrepresentable.any()
     for l in range(case.L):
-        assert_close(res.dW[l], ref.dW[l], f"dW{l + 1}")
-        assert_close(res.db[l], ref.db[l], f"db{l + 1}")
+        assert_close(res.grads[l]["W"], ref.dW[l], f"dW{l + 1}")
+        assert_close(res.grads[l]["b"], ref.db[l], f"db{l + 1}")
         assert_close(res.dZ[l], ref.dZ[l], f"dZ{l + 1}")
         assert_close(res.Z[l], ref.Z[l], f"Z{l + 1}")
         assert_close(res.A[l], ref.A[l], f"A{l + 1}")
@@ -187,11 +187,11 @@ def test_engine_single_unit_softmax():
     X = rng.normal(size=(3, 4))
     W, b = rng.normal(size=(1, 3)), rng.normal(size=(1, 1))
     Y = np.ones((1, 4))
-    res = engine.compute(X, Y, [engine.Layer(W, b, "softmax")], "categorical_cross_entropy", intermediates="mean")
+    res = engine.compute(X, Y, [engine.dense(W, b, "softmax")], "categorical_cross_entropy", intermediates="mean")
     ref = reference(X, Y, [(W, b, "softmax", None)], "categorical_cross_entropy")
     assert res.cost == 0.0 and ref.cost == 0.0
     assert_close(res.dZ[0], ref.dZ[0], "dZ1")
-    assert_close(res.dW[0], np.zeros((1, 3)), "dW1", 0, 0)
+    assert_close(res.grads[0]["W"], np.zeros((1, 3)), "dW1", 0, 0)
     assert_close(res.dA[1], ref.dA[1], "dA1")
 
 
@@ -204,10 +204,10 @@ def test_engine_relu_kink_uses_zero_subgradient_like_torch():
     b2 = np.array([[0.2]])
     Y = np.array([[0.3, -0.1, 0.9]])
     for act, slope in (("relu", 0.01), ("leaky_relu", 0.01), ("leaky_relu", 0.37)):
-        layers = [engine.Layer(W1, b1, act, slope), engine.Layer(W2, b2, "linear")]
+        layers = [engine.dense(W1, b1, act, slope), engine.dense(W2, b2, "linear")]
         res = engine.compute(X, Y, layers, "mean_squared_error", intermediates="mean")
         ref = reference(X, Y, [(W1, b1, act, slope), (W2, b2, "linear", None)], "mean_squared_error")
         for l in range(2):
-            assert_close(res.dW[l], ref.dW[l], f"{act} dW{l + 1}")
+            assert_close(res.grads[l]["W"], ref.dW[l], f"{act} dW{l + 1}")
             assert_close(res.dZ[l], ref.dZ[l], f"{act} dZ{l + 1}")
         assert_close(res.dA[0], ref.dA[0], f"{act} dA0")

@@ -22,11 +22,23 @@ DEFAULT_NEGATIVE_SLOPE = 0.01
 
 
 @dataclass(frozen=True)
+class ActivationMistake:
+    """A typical mistake in the activation's derivative, for grading: ``wrong_dZ(dA, Z, G, A, slope)`` is the dZ
+    it produces (``A``: the activation as the course's cache holds it, after dropout; ``G`` = g(Z)), or None when
+    it changes nothing here; ``message(name, layer, slope)`` says it. Messages hold only the request's numbers."""
+
+    code: str
+    description: str
+    wrong_dZ: Callable[[Array, Array, Array, Array, float], Array | None]
+    message: Callable[[str, int, float], str]
+
+
+@dataclass(frozen=True)
 class Activation:
     """A registered activation.
 
     ``forward(Z, slope) -> A`` and ``derivative(Z, A, slope) -> g'(Z)`` (elementwise; ``None`` for softmax).
-    ``slope`` is the leaky ReLU negative slope; every other unit ignores it. ``vjp(dA, Z, slope)``, where given,
+    ``slope`` is the leaky ReLU negative slope (``uses_slope``); every other unit ignores it. ``vjp(dA, Z, slope)``, where given,
     computes ``dA * g'(Z)`` in fewer passes than forming g'(Z) first (the piecewise-linear units).
     """
 
@@ -36,8 +48,10 @@ class Activation:
     formula: str
     derivative_formula: str
     derivative_latex: str  # for /v1/explain
+    mistakes: tuple[ActivationMistake, ...]
     output_only: bool = False
     vjp: Callable[[Array, Array, float], Array] | None = None
+    uses_slope: bool = False  # whether it reads negative_slope (leaky ReLU)
 
     def backward(self, dA: Array, Z: Array, A: Array, slope: float = DEFAULT_NEGATIVE_SLOPE) -> Array:
         """dZ = dA * g'(Z), all (n_l, m). ``A`` is g(Z) without any dropout mask."""
@@ -64,6 +78,32 @@ def get(name: str) -> Activation:
         raise KeyError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}") from None
 
 
+def _on_activation(forward: Callable, derivative: Callable) -> ActivationMistake:
+    """The derivative evaluated on A instead of Z (sigmoid'(A), tanh'(A))."""
+    return ActivationMistake(
+        "derivative_on_A", "the activation derivative was evaluated on A instead of Z (sigmoid'(A), tanh'(A))",
+        wrong_dZ=lambda dA, Z, G, A, slope: dA * derivative(A, forward(A, slope), slope),
+        message=lambda name, l, slope: (f"dZ{l} = dA{l} * {name}'(A{l}) instead of {name}'(Z{l}): the derivative "
+                                        f"was evaluated on the activation, not on the pre-activation"))
+
+
+def _one_at_zero(derivative: Callable, at_zero: Callable[[float], float]) -> ActivationMistake:
+    """ReLU's derivative taken as 1 at z = 0 (Z >= 0 instead of Z > 0); ``at_zero(slope)``: the true value."""
+
+    def wrong_dZ(dA, Z, G, A, slope):
+        zeros = Z == 0
+        if not zeros.any():
+            return None
+        return dA * np.where(zeros, 1.0, derivative(Z, G, slope))
+
+    # The count of Z = 0 entries is the reference's, so the message does not give it.
+    return ActivationMistake(
+        "relu_derivative_at_zero", "ReLU's derivative was taken as 1 at z = 0 (it is 0; leaky ReLU's is the slope)",
+        wrong_dZ=wrong_dZ,
+        message=lambda name, l, slope: (f"{name}'(0) was taken as 1 at the entries where Z{l} = 0 (the derivative "
+                                        f"there is {at_zero(slope)}: use Z > 0, not Z >= 0)"))
+
+
 # --- linear -----------------------------------------------------------------------------------------------
 
 register(Activation(
@@ -73,6 +113,7 @@ register(Activation(
     formula="g(z) = z",
     derivative_formula="g'(z) = 1",
     derivative_latex=r"g'(Z) = 1",
+    mistakes=(),
 ))
 
 
@@ -97,6 +138,7 @@ register(Activation(
     formula="g(z) = 1 / (1 + exp(-z))",
     derivative_formula="g'(z) = g(z) (1 - g(z)), evaluated as e / (1 + e)^2 with e = exp(-abs(z))",
     derivative_latex=r"\sigma'(Z) = \sigma(Z)\left(1-\sigma(Z)\right) = A\,(1-A)",
+    mistakes=(_on_activation(_sigmoid, _sigmoid_derivative),),
 ))
 
 
@@ -115,21 +157,32 @@ register(Activation(
     formula="g(z) = tanh(z)",
     derivative_formula="g'(z) = 1 - tanh(z)^2, evaluated as 4e / (1 + e)^2 with e = exp(-2 abs(z))",
     derivative_latex=r"\tanh'(Z) = 1 - \tanh^2(Z) = 1 - A^2",
+    mistakes=(_on_activation(lambda Z, slope: np.tanh(Z), _tanh_derivative),),
 ))
 
 
 # --- relu -------------------------------------------------------------------------------------------------
 
+def _relu_derivative(Z: Array, A: Array, slope: float) -> Array:
+    # NOTE: the derivative at z == 0 is taken as 0 (the subgradient PyTorch and the course use).
+    return (Z > 0).astype(Z.dtype)
+
+
+def _leaky_derivative(Z: Array, A: Array, slope: float) -> Array:
+    # NOTE: at z == 0 the derivative is the slope (the left branch), as in PyTorch.
+    return np.where(Z > 0, 1.0, slope)
+
+
 register(Activation(
     name="relu",
     forward=lambda Z, slope: np.maximum(Z, 0.0),
-    # NOTE: the derivative at z == 0 is taken as 0 (the subgradient PyTorch and the course use).
-    derivative=lambda Z, A, slope: (Z > 0).astype(Z.dtype),
+    derivative=_relu_derivative,
     # dA times the boolean mask: exact, and a third of np.where's time on large arrays.
     vjp=lambda dA, Z, slope: np.multiply(dA, Z > 0),
     formula="g(z) = max(z, 0)",
     derivative_formula="g'(z) = 1 if z > 0, else 0 (0 at z = 0)",
     derivative_latex=r"\operatorname{relu}'(Z) = \mathbb{1}[Z > 0]",
+    mistakes=(_one_at_zero(_relu_derivative, lambda slope: 0.0),),
 ))
 
 
@@ -138,11 +191,12 @@ register(Activation(
 register(Activation(
     name="leaky_relu",
     forward=lambda Z, slope: np.where(Z > 0, Z, slope * Z),
-    # NOTE: at z == 0 the derivative is the slope (the left branch), as in PyTorch.
-    derivative=lambda Z, A, slope: np.where(Z > 0, 1.0, slope),
+    derivative=_leaky_derivative,
     formula="g(z) = z if z > 0, else s z (s = negative_slope, default 0.01)",
     derivative_formula="g'(z) = 1 if z > 0, else s (s at z = 0)",
     derivative_latex=r"g'(Z) = \begin{cases} 1 & Z > 0 \\ s & Z \le 0 \end{cases}",
+    mistakes=(_one_at_zero(_leaky_derivative, lambda slope: slope),),
+    uses_slope=True,
 ))
 
 
@@ -166,6 +220,7 @@ register(Activation(
     formula="g(z)_k = exp(z_k) / sum_j exp(z_j) (per example, over the output units)",
     derivative_formula="dZ_k = a_k (dA_k - sum_j dA_j a_j) (vector-Jacobian product of the full Jacobian)",
     derivative_latex=r"\frac{\partial a_k}{\partial z_j} = a_k\left(\delta_{kj} - a_j\right)",
+    mistakes=(),
     output_only=True,
 ))
 

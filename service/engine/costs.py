@@ -22,12 +22,17 @@ Array = np.ndarray
 
 @dataclass(frozen=True)
 class Cost:
-    """A registered cost.
+    """A registered cost; every field is required (a unit without one fails at import).
 
     ``output_activations``: the output activations it pairs with (``None``: any).
-    ``fused_activation``: the output activation for which ``dZ_L = A_L - Y`` exactly (the canonical pair), and
-    ``fused_dZ(Z, A, Y)`` that A_L - Y, evaluated so that each entry keeps its relative precision.
+    ``fused_activation``: the output activation of the canonical pair, for which dZ_L simplifies
+    (``fused_formula``, e.g. A_L - Y), and ``fused_dZ(Z, A, Y)`` that dZ_L, evaluated so that each entry keeps its
+    relative precision.
     ``label_error(Y)``: why ``Y: (n_L, m)`` lies outside the cost's domain, or ``None``.
+    The course's own forms, evaluated literally from the rounded A_L (grading accepts answers that match them
+    where they lose digits; explain shows where they break down): ``textbook_loss(A, Y)`` per entry,
+    ``textbook_dA(A, Y)``, ``textbook_dZ(A, Y)`` (the canonical pair's chain rule), and ``unstable_reason(A, Y,
+    k, i)``, why entry (k, i) of that chain rule is inaccurate.
     """
 
     name: str
@@ -42,7 +47,24 @@ class Cost:
     label_domain: str
     formula_latex: str  # J and dA_L for /v1/explain
     dA_latex: str
-    class_indices: bool = False  # whether labels may come as m class indices (made one-hot at the edge)
+    title: str  # in words: "binary cross-entropy"
+    fused_formula: str  # the canonical pair's dZ_L with {L} for the layer: "A{L} - Y"
+    fused_latex: str
+    textbook_loss: Callable[[Array, Array], Array]
+    textbook_dA: Callable[[Array, Array], Array]
+    textbook_dZ: Callable[[Array, Array], Array]
+    unstable_reason: Callable[[Array, Array, int, int], str]
+    class_indices: bool  # whether labels may come as m class indices (made one-hot at the edge)
+
+    def __post_init__(self) -> None:
+        for name in ("loss", "dA", "fused_dZ", "label_error", "textbook_loss", "textbook_dA", "textbook_dZ",
+                     "unstable_reason"):
+            if not callable(getattr(self, name)):
+                raise TypeError(f"cost {self.name!r}: {name} must be a function")
+        for name in ("title", "formula", "dA_formula", "label_domain", "formula_latex", "dA_latex", "fused_formula",
+                     "fused_latex"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise TypeError(f"cost {self.name!r}: {name} must be a non-empty text")
 
 
 COSTS: dict[str, Cost] = {}
@@ -51,6 +73,17 @@ COSTS: dict[str, Cost] = {}
 def register(unit: Cost) -> Cost:
     COSTS[unit.name] = unit
     return unit
+
+
+def _quiet(f: Callable) -> Callable:
+    """The course's formulas divide by A and take its log: at A = 0 or 1 they are not finite, which is their
+    answer there, not an error."""
+
+    def wrapped(*args):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return f(*args)
+
+    return wrapped
 
 
 def get(name: str) -> Cost:
@@ -98,6 +131,17 @@ def _bce_fused_dZ(Z: Array, A: Array, Y: Array) -> Array:
     return (1.0 - Y) * A - Y * sigmoid(-Z)
 
 
+def _bce_unstable(A: Array, Y: Array, k: int, i: int) -> str:
+    if A[k, i] == 1.0:
+        return "A_L rounds to exactly 1: 1 - A_L = 0, so (1-Y)/(1-A_L) divides by zero and A_L(1-A_L) = 0"
+    if A[k, i] == 0.0:
+        return "A_L rounds to exactly 0: Y/A_L divides by zero and A_L(1-A_L) = 0"
+    return _CLOSE
+
+
+_CLOSE = "A_L is so close to 0 or 1 that the textbook chain rule loses its accuracy"
+
+
 def _bce_labels(Y: Array) -> str | None:
     if np.any((Y < 0) | (Y > 1)):
         return "binary_cross_entropy needs labels in [0, 1]"
@@ -119,6 +163,14 @@ register(Cost(
     formula_latex=r"J = -\frac{1}{m}\sum_{i=1}^{m}\left[y^{(i)}\log a^{[L](i)} + "
                   r"\left(1-y^{(i)}\right)\log\left(1-a^{[L](i)}\right)\right]",
     dA_latex=r"-\left(\frac{Y}{A^{[L]}} - \frac{1-Y}{1-A^{[L]}}\right)",
+    title="binary cross-entropy",
+    fused_formula="A{L} - Y",
+    fused_latex=r"\left(A^{[L]} - Y\right)",
+    textbook_loss=_quiet(lambda A, Y: -(Y * np.log(A) + (1 - Y) * np.log(1 - A))),
+    textbook_dA=_quiet(lambda A, Y: -(Y / A - (1 - Y) / (1 - A))),
+    textbook_dZ=_quiet(lambda A, Y: -(Y / A - (1 - Y) / (1 - A)) * A * (1 - A)),
+    unstable_reason=_bce_unstable,
+    class_indices=False,
 ))
 
 
@@ -142,10 +194,26 @@ def _cce_fused_dZ(Z: Array, A: Array, Y: Array) -> Array:
     return A * (1.0 - Y) - Y * others
 
 
-def _cce_labels(Y: Array) -> str | None:
-    if not np.all((Y == 0) | (Y == 1)) or not np.all(Y.sum(axis=0) == 1):
-        return "categorical_cross_entropy needs one-hot label columns (one 1 per example, 0 elsewhere)"
-    return None
+def _cce_textbook_dZ(A: Array, Y: Array) -> Array:
+    """The softmax vector-Jacobian product of -Y/A, per column."""
+    dA = -Y / A
+    return A * (dA - np.sum(dA * A, axis=0, keepdims=True))
+
+
+def _cce_unstable(A: Array, Y: Array, k: int, i: int) -> str:
+    if np.any((A[:, i] == 0) & (Y[:, i] != 0)):
+        return ("a probability of the labelled class rounds to exactly 0, so -Y/A_L divides by zero and the "
+                "softmax vector-Jacobian product of this example is NaN")
+    return _CLOSE
+
+
+def _one_hot_labels(cost: str) -> Callable[[Array], str | None]:
+    def check(Y: Array) -> str | None:
+        if not np.all((Y == 0) | (Y == 1)) or not np.all(Y.sum(axis=0) == 1):
+            return f"{cost} needs one-hot label columns (one 1 per example, 0 elsewhere)"
+        return None
+
+    return check
 
 
 register(Cost(
@@ -155,13 +223,20 @@ register(Cost(
     loss=_cce_loss,
     dA=_cce_dA,
     fused_dZ=_cce_fused_dZ,
-    label_error=_cce_labels,
+    label_error=_one_hot_labels("categorical_cross_entropy"),
     formula="J = -(1/m) sum_i sum_k y_k log a_k, computed through log_softmax(z) = z - max(z) - "
             "log sum_j exp(z_j - max(z))",
     dA_formula="dA = -y/a; with a softmax output dZ = a - y",
     label_domain="one-hot columns (or a list of m class indices)",
     formula_latex=r"J = -\frac{1}{m}\sum_{i=1}^{m}\sum_{k} y_k^{(i)}\log a_k^{[L](i)}",
     dA_latex=r"-\frac{Y}{A^{[L]}}",
+    title="categorical cross-entropy",
+    fused_formula="A{L} - Y",
+    fused_latex=r"\left(A^{[L]} - Y\right)",
+    textbook_loss=_quiet(lambda A, Y: -(Y * np.log(A))),
+    textbook_dA=_quiet(lambda A, Y: -Y / A),
+    textbook_dZ=_quiet(_cce_textbook_dZ),
+    unstable_reason=_cce_unstable,
     class_indices=True,
 ))
 
@@ -186,6 +261,57 @@ register(Cost(
     label_domain="any finite numbers",
     formula_latex=r"J = \frac{1}{2m}\sum_{i=1}^{m}\sum_{k}\left(a_k^{[L](i)} - y_k^{(i)}\right)^2",
     dA_latex=r"A^{[L]} - Y",
+    title="mean squared error",
+    fused_formula="A{L} - Y",
+    fused_latex=r"\left(A^{[L]} - Y\right)",
+    textbook_loss=_quiet(lambda A, Y: 0.5 * (A - Y) ** 2),
+    textbook_dA=_quiet(lambda A, Y: A - Y),
+    textbook_dZ=_quiet(lambda A, Y: A - Y),
+    unstable_reason=lambda A, Y, k, i: _CLOSE,
+    class_indices=False,
+))
+
+
+# --- multiclass hinge (cs231n's svm_loss) -------------------------------------------------------------------
+
+def _margins(Z: Array, Y: Array) -> Array:
+    """max(0, z_j - z_y + 1) for j != y, 0 at the true class; Z, Y (one-hot): (n_L, m)."""
+    correct = np.sum(Z * Y, axis=0, keepdims=True)
+    return np.maximum(Z - correct + 1.0, 0.0) * (1.0 - Y)
+
+
+def _hinge_dA(Z: Array, A: Array, Y: Array, scale: float = 1.0) -> Array:
+    # d loss / d z_j = 1[margin_j > 0] for j != y and -(their count) at y. A margin of exactly 0 gets 0 (the
+    # subgradient of max(0, t) at t = 0 that cs231n's svm_loss and PyTorch's multi_margin_loss use).
+    positive = ((Z - np.sum(Z * Y, axis=0, keepdims=True) + 1.0 > 0) & (Y == 0)).astype(np.float64)
+    dA = positive - Y * positive.sum(axis=0, keepdims=True)
+    if scale != 1.0:
+        dA *= scale
+    return dA
+
+
+register(Cost(
+    name="multiclass_hinge",
+    output_activations=frozenset({"linear"}),
+    fused_activation="linear",
+    loss=lambda Z, A, Y: np.sum(_margins(Z, Y), axis=0),
+    dA=_hinge_dA,
+    fused_dZ=lambda Z, A, Y: _hinge_dA(Z, A, Y),
+    label_error=_one_hot_labels("multiclass_hinge"),
+    formula="J = (1/m) sum_i sum_(j != y_i) max(0, z_j - z_(y_i) + 1) (the multiclass SVM loss, margin 1)",
+    dA_formula="dZ_j = 1[z_j - z_y + 1 > 0] for j != y, dZ_y = -sum_(j != y) 1[z_j - z_y + 1 > 0] (0 where a margin "
+               "is exactly 0); with the linear output dA = dZ",
+    label_domain="one-hot columns (or a list of m class indices)",
+    formula_latex=r"J = \frac{1}{m}\sum_{i=1}^{m}\sum_{j \ne y_i}\max\left(0,\ z_j^{(i)} - z_{y_i}^{(i)} + 1\right)",
+    dA_latex=r"\mathbb{1}\left[z_j - z_{y} + 1 > 0\right] - \delta_{jy}\sum_{k \ne y}\mathbb{1}\left[z_k - z_{y} + 1 > 0\right]",
+    title="multiclass hinge",
+    fused_formula="dA{L} (the output is linear: g'(Z{L}) = 1)",
+    fused_latex=r"dA^{[L]}",
+    textbook_loss=_quiet(lambda A, Y: _margins(A, Y)),
+    textbook_dA=_quiet(lambda A, Y: _hinge_dA(A, A, Y)),
+    textbook_dZ=_quiet(lambda A, Y: _hinge_dA(A, A, Y)),
+    unstable_reason=lambda A, Y, k, i: "a margin of exactly 0, where the hinge has no derivative (0 is used)",
+    class_indices=True,
 ))
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from service.engine import costs
 from service.engine.activations import ACTIVATIONS
 from service.engine.network import Dropout, Layer, Result, compute
+from service.engine.costs import COSTS
 
 Array = np.ndarray
 
@@ -75,34 +76,6 @@ def _per(intermediates: str) -> tuple[str, str]:
     return "", ""
 
 
-def textbook_dZL(cost: str, AL: Array, Y: Array) -> Array:
-    """The canonical pair's chain rule as the textbook writes it, from the rounded A_L (n_L, m), per example.
-
-    BCE: -(Y/A - (1-Y)/(1-A)) * A (1 - A); CCE: the softmax vector-Jacobian product of -Y/A. Not finite where
-    A_L is exactly 0 or 1 and the formula divides by it. MSE: A - Y.
-    """
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        if cost == "binary_cross_entropy":
-            return -(Y / AL - (1 - Y) / (1 - AL)) * AL * (1 - AL)
-        if cost == "categorical_cross_entropy":
-            dA = -Y / AL
-            return AL * (dA - np.sum(dA * AL, axis=0, keepdims=True))
-        return AL - Y
-
-
-def _unstable_reason(cost: str, AL: Array, Y: Array, k: int, i: int) -> str:
-    a = AL[k, i]
-    if cost == "binary_cross_entropy":
-        if a == 1.0:
-            return "A_L rounds to exactly 1: 1 - A_L = 0, so (1-Y)/(1-A_L) divides by zero and A_L(1-A_L) = 0"
-        if a == 0.0:
-            return "A_L rounds to exactly 0: Y/A_L divides by zero and A_L(1-A_L) = 0"
-    if cost == "categorical_cross_entropy" and np.any((AL[:, i] == 0) & (Y[:, i] != 0)):
-        return "a probability of the labelled class rounds to exactly 0, so -Y/A_L divides by zero and the " \
-               "softmax vector-Jacobian product of this example is NaN"
-    return "A_L is so close to 0 or 1 that the textbook chain rule loses its accuracy"
-
-
 def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0.0, dropout: Dropout | None = None,
             intermediates: str = "per_example", hidden_layer: int | None = None,
             jacobian_units: int = 16) -> Story:
@@ -116,6 +89,7 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
     act = ACTIVATIONS[out_name]
     canonical = out_name == unit.fused_activation
     ZL, AL, dAL, dZL = r.Z[-1], r.AL, r.dA[L], r.dZ[L - 1]
+    fused_form = unit.fused_formula.format(L=L)
     pre, pre_words = _per(intermediates)
     steps: list[Step] = []
     notes: list[str] = []
@@ -175,18 +149,18 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
         if largest is None:
             compared = (f" Here the chain-rule form has no finite entry (the dA{L} it starts from is beyond float64 "
                         f"where A{L} rounds to exactly 0 or 1 against its label), so there is nothing to compare it "
-                        f"with; A{L} - Y stays exact.")
+                        f"with; {fused_form} stays exact.")
         else:
             compared = (f" The largest difference from the chain-rule form over its finite entries is {largest!r} "
                         f"(rounding only).")
         steps.append(Step(
-            "dZL_fused", f"The simplified form dZ{L} = A{L} - Y",
+            "dZL_fused", f"The simplified form dZ{L} = {fused_form}",
             f"{out_name} is the canonical output of {cost}: the factors of dA{L} cancel those of g'(Z{L}) "
-            f"exactly, leaving dZ{L} = A{L} - Y{pre_words}. This is what the service returns." + compared,
-            rf"dZ^{{[L]}} = {pre}\left(A^{{[L]}} - Y\right)", {f"dZ{L}": dZL, "max_abs_difference": largest},
+            f"exactly, leaving dZ{L} = {fused_form}{pre_words}. This is what the service returns." + compared,
+            rf"dZ^{{[L]}} = {pre}" + unit.fused_latex, {f"dZ{L}": dZL, "max_abs_difference": largest},
             frozenset({f"dZ{L}"})))
         scale = 1.0 / m if intermediates == "mean" else 1.0
-        textbook = textbook_dZL(cost, AL, Y) * scale
+        textbook = unit.textbook_dZ(AL, Y) * scale
         fused = dZL  # the service's A_L - Y, evaluated so that each entry keeps its relative precision
         with np.errstate(invalid="ignore"):
             bad = ~np.isfinite(textbook) | (np.abs(textbook - fused) > UNSTABLE_ATOL * scale + UNSTABLE_RTOL * np.abs(fused))
@@ -200,15 +174,15 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
             "chain_rule_from_A_L": np.array([textbook[k, i] if np.isfinite(textbook[k, i]) else np.nan
                                              for k, i in listed]),
             "fused": np.array([fused[k, i] for k, i in listed]),
-            "reasons": [_unstable_reason(cost, AL, Y, int(k), int(i)) for k, i in listed],
+            "reasons": [unit.unstable_reason(AL, Y, int(k), int(i)) for k, i in listed],
         }
         if unstable_count:
             text = (f"{unstable_count} entries (listed: {len(listed)}) where the chain rule, evaluated as the "
-                    f"textbook writes it from the rounded A{L}, is infinite, NaN or inaccurate, while A{L} - Y stays "
+                    f"textbook writes it from the rounded A{L}, is infinite, NaN or inaccurate, while {fused_form} stays "
                     f"exact: the fused form never divides by A{L} or 1 - A{L}.")
         else:
             text = (f"No entry here: A{L} is nowhere close enough to 0 or 1 for the textbook chain rule to fail "
-                    f"(it would for |z| above ~37 with a sigmoid), and A{L} - Y is exact anyway.")
+                    f"(it would for |z| above ~37 with a sigmoid), and {fused_form} is exact anyway.")
         steps.append(Step("stability", "Where the chain-rule form breaks down", text,
                           r"\frac{1-Y}{1-A^{[L]}} \to \frac{0}{0} \text{ or } \infty \text{ when } A^{[L]} = 1",
                           values, entries=listed))
@@ -216,8 +190,8 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
         fused = AL - Y if intermediates == "per_example" else (AL - Y) / m
         steps.append(Step(
             "no_simplification", f"No simplification for {out_name} with {cost}",
-            f"dZ{L} = A{L} - Y holds only for a cost matched to its output activation (sigmoid + binary "
-            f"cross-entropy, softmax + categorical cross-entropy, linear + mean squared error): there the cost is the "
+            f"dZ{L} = A{L} - Y holds only for a cost matched to its output activation ({_a_minus_y_pairs()}): there "
+            f"the cost is the "
             f"negative log-likelihood whose derivative carries exactly the reciprocal of g'. Here dA{L} = "
             f"{unit.dA_formula.split(';')[0].replace('dA = ', '')} does not cancel g'(Z{L}) = "
             f"{act.derivative_formula.split(',')[0]}, so dZ{L} keeps "
@@ -229,16 +203,16 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
     # One hidden layer (or, without one, the input).
     h = (L - 1 if hidden_layer is None else hidden_layer) if L > 1 else 0
     nxt = layers[h]  # layer h + 1
-    masked = dropout is not None and 1 <= h < L
+    masked = dropout is not None and 1 <= h < L and dropout.masks[h - 1] is not None
     mask_latex = r" \odot \frac{D^{[l]}}{p}" if masked else ""
-    values = {f"W{h + 1}": nxt.W, f"dZ{h + 1}": r.dZ[h], f"dA{h}": r.dA[h]}
+    story = nxt.unit.explain_input(h, nxt.params, nxt.hyper)
+    values = {**story.values, f"dZ{h + 1}": r.dZ[h], f"dA{h}": r.dA[h]}
     steps.append(Step(
         "hidden_dA", f"dA{h}: a hidden activation's gradient" if h else "dA0: the gradient with respect to X",
-        (f"A{h} reaches the cost only through Z{h + 1} = W{h + 1} A{h} + b{h + 1}, so its gradient is what flows "
-         f"back through W{h + 1}: dA{h} = W{h + 1}^T dZ{h + 1}" + (f", times the dropout mask D{h} / keep_prob"
-                                                                    if masked else "") + ". No cost formula appears.")
-        if h else "This network has no hidden layer; the input X = A0 obeys the same rule: dA0 = W1^T dZ1.",
-        rf"dA^{{[l]}} = W^{{[l+1]T}} dZ^{{[l+1]}}{mask_latex}".replace("[l]", f"[{h}]").replace("[l+1]", f"[{h + 1}]"),
+        (story.reason + story.rule + (f", times the dropout mask D{h} / keep_prob" if masked else "")
+         + ". No cost formula appears.")
+        if h else f"This network has no hidden layer; the input X = A0 obeys the same rule: {story.rule}.",
+        (story.latex + mask_latex).replace("[l]", f"[{h}]").replace("[l+1]", f"[{h + 1}]"),
         values, frozenset({f"dZ{h + 1}", f"dA{h}"})))
     if h:
         hid = layers[h - 1]
@@ -255,7 +229,7 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
     steps.append(Step(
         "why", "Why the last layer differs",
         f"The cost J depends on A{L} directly, so dA{L} comes from the cost's own formula, and for a canonical pair "
-        f"its factors cancel g'(Z{L}) into A{L} - Y. A hidden activation A_l appears in no formula of the cost: it "
+        f"its factors cancel g'(Z{L}) into {fused_form}. A hidden activation A_l appears in no formula of the cost: it "
         f"influences J only through the next layer, Z_(l+1) = W_(l+1) A_l + b_(l+1), so its gradient is the next "
         f"layer's dZ sent back through the weights, W_(l+1)^T dZ_(l+1)." + (
             " Here the output pair is canonical." if canonical else
@@ -266,3 +240,8 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
     if r.unrepresentable.any():
         notes.append(f"{int(r.unrepresentable.sum())} entries of dA{L} overflow float64 and are null; dZ{L} is exact")
     return Story(cost, out_name, canonical, L, h, intermediates, steps, unstable_count, notes)
+
+
+def _a_minus_y_pairs() -> str:
+    """The canonical pairs whose dZ_L is A_L - Y, from the cost registry: "sigmoid + binary cross-entropy, ..."."""
+    return ", ".join(f"{c.fused_activation} + {c.title}" for c in COSTS.values() if c.fused_formula == "A{L} - Y")

@@ -1,29 +1,36 @@
-"""Forward pass, cost and backpropagation of a fully connected network, features first.
+"""Forward pass, cost and backpropagation of a network of layer kinds (``kinds``), each followed by an activation.
 
-Shapes (m examples, layer sizes n_0 .. n_L):
-    X, A_0: (n_0, m)      W_l: (n_l, n_{l-1})      b_l: (n_l, 1)      Z_l, A_l, dZ_l, dA_l: (n_l, m)
+Shapes (m examples): vectors features first, ``A_l: (n_l, m)``; images examples first, ``A_l: (m, C, H, W)``.
+For every layer l = 1..L, with ``A_0 = X``:
 
-Forward:   Z_l = W_l A_{l-1} + b_l,   A_l = g_l(Z_l) [* D_l / p for hidden layers under inverted dropout]
-Cost:      J = (1/m) sum_i loss_i + lambda/(2m) sum_l ||W_l||_F^2
-Backward:  dZ_L = A_L - Y for the canonical pairs, dA_L * g_L'(Z_L) otherwise;
-           dW_l = (1/m) dZ_l A_{l-1}^T + (lambda/m) W_l,   db_l = (1/m) sum_i dZ_l,
-           dA_{l-1} = W_l^T dZ_l [* D_{l-1} / p],   dZ_{l-1} = dA_{l-1} * g_{l-1}'(Z_{l-1}).
+    Z_l = kind_l.forward(A_{l-1})            (dense: W_l A_{l-1} + b_l)
+    A_l = g_l(Z_l)                           [* D_l / p on a hidden layer with a dropout mask]
+    J   = (1/m) sum_i loss_i + lambda/(2m) sum of ||P||_F^2 over the parameters P the kinds regularize (W)
+
+Backward: dZ_L = A_L - Y for the cost's canonical pair (its ``fused_dZ``), dA_L * g_L'(Z_L) otherwise;
+then for l = L..1: dA_{l-1}, grads_l = kind_l.backward(dZ_l), the gradients scaled to the convention and L2
+added, dA_{l-1} [* D_{l-1} / p], dZ_{l-1} = dA_{l-1} * g_{l-1}'(Z_{l-1}).
 
 Two conventions for the intermediates (``INTERMEDIATES``):
-    per_example  the course's: dA and dZ carry no 1/m (dZ_L = A_L - Y); the 1/m is applied in dW and db.
+    per_example  the course's: dA and dZ carry no 1/m (dZ_L = A_L - Y); the 1/m is applied in the parameters'
+                 gradients.
     mean         every returned quantity is the exact partial derivative of J: dA and dZ carry the 1/m.
-dW and db are the same in both. ``dA_l`` for a hidden layer under dropout is taken after the mask is applied,
-i.e. it is the derivative with respect to g_l(Z_l), the activation before dropout (as the course stores it).
+Every kind's backward is linear in its upstream gradient, so both conventions run the same products and differ
+by the factor applied to the parameters' gradients. ``dA_l`` for a hidden layer under dropout is taken after the
+mask is applied, i.e. it is the derivative with respect to g_l(Z_l), the activation before dropout (as the
+course stores it).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from service.engine import activations, costs
+from service.engine.kinds import KINDS, Kind
 
 Array = np.ndarray
 
@@ -40,49 +47,70 @@ class NumericalOverflow(ArithmeticError):
 
 @dataclass(frozen=True)
 class Layer:
-    """One dense layer: W (n_l, n_{l-1}), b (n_l, 1), a registered activation name."""
+    """One layer: a registered kind with its parameters (the kind's engine form: dense W (n_l, n_{l-1}), b
+    (n_l, 1)), hyperparameters, running statistics (kinds with ``states``), and its activation."""
 
-    W: Array
-    b: Array
+    kind: str
+    params: dict[str, Array]
     activation: str
     negative_slope: float = activations.DEFAULT_NEGATIVE_SLOPE
+    hyper: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Array] = field(default_factory=dict)
+
+    @property
+    def unit(self) -> Kind:
+        return KINDS[self.kind]
+
+
+def dense(W: Array, b: Array, activation: str, negative_slope: float = activations.DEFAULT_NEGATIVE_SLOPE) -> Layer:
+    """A dense layer: W (n_l, n_{l-1}), b (n_l, 1) or (n_l,)."""
+    return Layer("dense", {"W": W, "b": np.reshape(b, (-1, 1))}, activation, negative_slope)
 
 
 @dataclass(frozen=True)
 class Dropout:
-    """Inverted dropout with caller-supplied 0/1 masks D_1 .. D_{L-1}, each (n_l, m); keep_prob in (0, 1]."""
+    """Inverted dropout with caller-supplied 0/1 masks for the hidden layers 1 .. L-1, each shaped like A_l (engine
+    form); None for a layer without dropout. keep_prob in (0, 1]."""
 
     keep_prob: float
-    masks: tuple[Array, ...]
+    masks: tuple[Array | None, ...]
+
+    def mask(self, l: int, L: int) -> Array | None:
+        return self.masks[l - 1] if l < L else None
 
 
 @dataclass(frozen=True)
 class LayerCache:
-    """What layer_backward needs: A_prev (n_{l-1}, m), Z and G = g(Z) (n_l, m), the dropout mask or None."""
+    """What backward needs of layer l: A_prev (its input, after the previous layer's dropout), Z, G = g(Z), the
+    dropout mask or None, and the kind's own cache."""
 
     A_prev: Array
     Z: Array
     G: Array
     mask: Array | None
+    kind_cache: Any
 
 
 @dataclass(frozen=True)
 class Result:
-    """Everything one pass computes. Lists are indexed by layer: dW[0] is dW_1; dA[0] is dA_0 (w.r.t. X).
+    """Everything one pass computes. Lists are indexed by layer: grads[0] is layer 1's {param: gradient}; dA[0] is
+    dA_0 (w.r.t. X); state[l-1] the running statistics layer l returns ({} for kinds without).
 
-    ``unrepresentable``: boolean (n_L, m) mask of dA_L entries whose true value overflows float64;
-    those entries hold NaN.
+    ``unrepresentable``: boolean mask (A_L's shape) of dA_L entries whose true value overflows float64; those
+    entries hold NaN. ``caches``: the forward pass's, one per layer (grading re-runs backward passes from them;
+    they mostly reference arrays the result holds anyway).
     """
 
     cost: float
     AL: Array
     Z: list[Array]
     A: list[Array]
-    dW: list[Array]
-    db: list[Array]
+    grads: list[dict[str, Array]]
     dZ: list[Array]
     dA: list[Array]
+    state: list[dict[str, Array]]
     unrepresentable: Array = field(repr=False)
+    caches: list[LayerCache] = field(default_factory=list, repr=False)
 
 
 def _all_finite(a: Array) -> bool:
@@ -91,75 +119,81 @@ def _all_finite(a: Array) -> bool:
     return math.isfinite(np.add.reduce(a, axis=None)) or bool(np.isfinite(a).all())
 
 
-def layer_forward(A_prev: Array, layer: Layer, mask: Array | None = None,
-                  keep_prob: float = 1.0) -> tuple[Array, LayerCache]:
-    """A_prev (n_{l-1}, m) -> A (n_l, m) and its cache. Z = W A_prev + b, A = g(Z) [* mask / keep_prob]."""
-    Z = layer.W @ A_prev
-    Z += layer.b
+def layer_forward(A_prev: Array, layer: Layer, mask: Array | None = None, keep_prob: float = 1.0,
+                  kind: Kind | None = None, forward=None) -> tuple[Array, LayerCache]:
+    """A_prev -> A and its cache: Z = kind.forward(A_prev), A = g(Z) [* mask / keep_prob]. ``forward`` replaces
+    the kind's own (grading's mistaken forwards)."""
+    unit = kind or layer.unit
+    Z, kind_cache = (forward or unit.forward)(A_prev, layer.params, layer.hyper, layer.state)
     G = activations.get(layer.activation).forward(Z, layer.negative_slope)
     A = G if mask is None else G * mask / keep_prob
-    return A, LayerCache(A_prev, Z, G, mask)
+    return A, LayerCache(A_prev, Z, G, mask, kind_cache)
 
 
-def layer_backward(dZ: Array, cache: LayerCache, layer: Layer, scale: float) -> tuple[Array, Array, Array]:
-    """dZ (n_l, m) -> dA_prev (n_{l-1}, m), dW (n_l, n_{l-1}), db (n_l, 1), before L2.
-
-    dW = scale * dZ A_prev^T, db = scale * sum_i dZ, dA_prev = W^T dZ (no mask: the caller applies it).
-    """
-    dW = dZ @ cache.A_prev.T
-    db = dZ.sum(axis=1, keepdims=True)
-    if scale != 1.0:
-        dW *= scale
-        db *= scale
-    return layer.W.T @ dZ, dW, db
-
-
-def forward(X: Array, layers: list[Layer], dropout: Dropout | None = None) -> tuple[Array, list[LayerCache]]:
-    """X (n_0, m) -> A_L (n_L, m) and one cache per layer; NumericalOverflow if any Z_l leaves float64."""
+def forward(X: Array, layers: list[Layer], dropout: Dropout | None = None, start: int = 1,
+            overrides: dict[int, Any] | None = None) -> tuple[Array, list[LayerCache]]:
+    """A_{start-1} (X for start = 1) -> A_L and one cache per layer start..L; NumericalOverflow if any Z_l leaves
+    float64. ``overrides``: layer -> a replacement forward function."""
     A, caches = X, []
-    last = len(layers)
+    L = len(layers)
     keep_prob = dropout.keep_prob if dropout is not None else 1.0
     with np.errstate(over="ignore", invalid="ignore"):
-        for l, layer in enumerate(layers, start=1):
-            mask = dropout.masks[l - 1] if dropout is not None and l < last else None
-            A, cache = layer_forward(A, layer, mask, keep_prob)
+        for l in range(start, L + 1):
+            layer = layers[l - 1]
+            mask = dropout.mask(l, L) if dropout is not None else None
+            A, cache = layer_forward(A, layer, mask, keep_prob, forward=(overrides or {}).get(l))
             if not _all_finite(cache.Z):
                 raise NumericalOverflow(f"Z{l}", l, "forward pass")
             caches.append(cache)
     return A, caches
 
 
-def compute(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0.0,
-            dropout: Dropout | None = None, intermediates: str = "per_example") -> Result:
-    """Forward pass, cost and every gradient. X (n_0, m), Y (n_L, m); see the module docstring for formulas."""
-    if intermediates not in INTERMEDIATES:
-        raise ValueError(f"intermediates must be one of {INTERMEDIATES}")
-    unit = costs.get(cost)
-    m = X.shape[1]
-    AL, caches = forward(X, layers, dropout)
-    with np.errstate(over="ignore", invalid="ignore"):
-        J = cost_value(unit, caches[-1].Z, AL, Y, layers, l2)
-        # per_example: dA, dZ without 1/m and dW, db with it; mean: the other way round.
-        s, c = (1.0, 1.0 / m) if intermediates == "per_example" else (1.0 / m, 1.0)
-        dAL, unrepresentable = _output_gradient(unit, caches[-1].Z, AL, Y, s)
-        dZL = _output_dZ(unit, layers[-1], caches[-1], AL, Y, dAL, s)
-        dW, db, dZ, dA = backward(dZL, caches, layers, scale=c, l2=l2, keep_prob=dropout.keep_prob if dropout else 1.0)
-        dA.append(dAL)
-        _check_finite(dW, db, dZ, dA[:-1])
-    A = [cache.A_prev for cache in caches[1:]] + [AL]
-    return Result(cost=J, AL=AL, Z=[cache.Z for cache in caches], A=A, dW=dW, db=db, dZ=dZ, dA=dA,
-                  unrepresentable=unrepresentable)
+def penalty(layers: list[Layer], l2: float, m: int) -> float:
+    """lambda/(2m) times the sum of ||P||_F^2 over every parameter P its kind regularizes."""
+    if not l2:
+        return 0.0
+    return l2 / (2 * m) * sum(float(np.sum(layer.params[p.name] * layer.params[p.name]))
+                              for layer in layers for p in layer.unit.params if p.l2)
 
 
 def cost_value(unit: costs.Cost, ZL: Array, AL: Array, Y: Array, layers: list[Layer], l2: float) -> float:
-    """J = (1/m) sum_i loss_i + lambda/(2m) sum_l ||W_l||_F^2; ZL, AL, Y: (n_L, m)."""
+    """J = (1/m) sum_i loss_i + lambda/(2m) sum ||P||_F^2; ZL, AL, Y: (n_L, m)."""
     m = AL.shape[1]
     J = float(np.sum(unit.loss(ZL, AL, Y)) / m)
     if l2:
-        J += l2 / (2 * m) * sum(float(np.sum(layer.W * layer.W)) for layer in layers)
+        J += penalty(layers, l2, m)
     if not math.isfinite(J):
         raise NumericalOverflow("cost", len(layers), "cost")
     return J
+
+
+def compute(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0.0,
+            dropout: Dropout | None = None, intermediates: str = "per_example",
+            forward_overrides: dict[int, Any] | None = None, backward_overrides: dict[int, Any] | None = None
+            ) -> Result:
+    """Forward pass, cost and every gradient. X (n_0, m) (or an image batch), Y (n_L, m); see the module
+    docstring for formulas. The overrides (layer -> function) replace a kind's forward or backward: grading's
+    mistaken passes."""
+    if intermediates not in INTERMEDIATES:
+        raise ValueError(f"intermediates must be one of {INTERMEDIATES}")
+    unit = costs.get(cost)
+    m = Y.shape[1]
+    AL, caches = forward(X, layers, dropout, overrides=forward_overrides)
+    with np.errstate(over="ignore", invalid="ignore"):
+        J = cost_value(unit, caches[-1].Z, AL, Y, layers, l2)
+        # per_example: dA, dZ without 1/m and the parameters' gradients with it; mean: the other way round.
+        s, c = (1.0, 1.0 / m) if intermediates == "per_example" else (1.0 / m, 1.0)
+        dAL, unrepresentable = _output_gradient(unit, caches[-1].Z, AL, Y, s)
+        dZL = _output_dZ(unit, layers[-1], caches[-1], AL, Y, dAL, s)
+        grads, dZ, dA = backward(dZL, caches, layers, scale=c, l2=l2,
+                                 keep_prob=dropout.keep_prob if dropout else 1.0, overrides=backward_overrides)
+        dA.append(dAL)
+        _check_finite(grads, dZ, dA[:-1])
+    A = [cache.A_prev for cache in caches[1:]] + [AL]
+    state = [layer.unit.new_state(cache.kind_cache, layer.hyper, layer.state) if layer.unit.states else {}
+             for layer, cache in zip(layers, caches)]
+    return Result(cost=J, AL=AL, Z=[cache.Z for cache in caches], A=A, grads=grads, dZ=dZ, dA=dA, state=state,
+                  unrepresentable=unrepresentable, caches=caches)
 
 
 def _output_gradient(unit: costs.Cost, ZL: Array, AL: Array, Y: Array, s: float) -> tuple[Array, Array]:
@@ -183,26 +217,37 @@ def _output_dZ(unit: costs.Cost, last: Layer, cache: LayerCache, AL: Array, Y: A
     return activations.get(last.activation).backward(dAL, cache.Z, cache.G, last.negative_slope)
 
 
-def backward(dZL: Array, caches: list[LayerCache], layers: list[Layer], *, scale: float, l2: float = 0.0,
-             keep_prob: float = 1.0) -> tuple[list[Array], list[Array], list[Array], list[Array]]:
-    """From dZ_L (n_L, m) down to the input: dW_l, db_l, dZ_l for l = 1..L and dA_l for l = 0..L-1.
+def layer_grads(layer: Layer, dZ: Array, cache: LayerCache, scale: float, l2: float, m: int,
+                backward_fn=None) -> tuple[Array, dict[str, Array]]:
+    """dZ_l -> dA_{l-1} (before any dropout mask) and the parameters' gradients, scaled (``scale``) with L2
+    added: grad_P = scale * (kind's gradient) + (lambda/m) P for the parameters the kind regularizes."""
+    unit = layer.unit
+    dA_prev, grads = (backward_fn or unit.backward)(dZ, cache.kind_cache)
+    for p in unit.params:
+        g = grads[p.name]
+        if scale != 1.0:
+            g *= scale
+        if l2 and p.l2:
+            g += (l2 / m) * layer.params[p.name]
+    return dA_prev, grads
 
-    dW_l = scale * dZ_l A_{l-1}^T + (lambda/m) W_l, db_l = scale * sum_i dZ_l, dA_{l-1} = W_l^T dZ_l
-    [* D_{l-1} / p], dZ_{l-1} = dA_{l-1} * g'(Z_{l-1}).
-    """
+
+def backward(dZL: Array, caches: list[LayerCache], layers: list[Layer], *, scale: float, l2: float = 0.0,
+             keep_prob: float = 1.0, overrides: dict[int, Any] | None = None,
+             ) -> tuple[list[dict[str, Array]], list[Array], list[Array]]:
+    """From dZ of the last given layer down to the first: the parameters' gradients and dZ_l for each layer,
+    dA_l for l = first-1 .. last-1. ``overrides``: layer index (1-based, within ``layers``) -> a replacement
+    backward function (grading's mistaken backward passes)."""
     L = len(layers)
-    m = dZL.shape[1]
-    dW: list[Array] = [None] * L
-    db: list[Array] = [None] * L
+    m = caches[0].Z.shape[-1] if caches[0].Z.ndim == 2 else caches[0].Z.shape[0]
+    grads: list[dict[str, Array]] = [None] * L
     dZs: list[Array] = [None] * L
     dAs: list[Array] = [None] * L
     dZ = dZL
     for l in range(L, 0, -1):
         layer, cache = layers[l - 1], caches[l - 1]
         dZs[l - 1] = dZ
-        dA_prev, dW[l - 1], db[l - 1] = layer_backward(dZ, cache, layer, scale)
-        if l2:
-            dW[l - 1] += (l2 / m) * layer.W
+        dA_prev, grads[l - 1] = layer_grads(layer, dZ, cache, scale, l2, m, (overrides or {}).get(l))
         if l > 1:
             prev, prev_layer = caches[l - 2], layers[l - 2]
             if prev.mask is not None:
@@ -210,20 +255,30 @@ def backward(dZL: Array, caches: list[LayerCache], layers: list[Layer], *, scale
                 dA_prev /= keep_prob
             dZ = activations.get(prev_layer.activation).backward(dA_prev, prev.Z, prev.G, prev_layer.negative_slope)
         dAs[l - 1] = dA_prev
-    return dW, db, dZs, dAs
+    return grads, dZs, dAs
 
 
-def _check_finite(dW: list[Array], db: list[Array], dZ: list[Array], dA: list[Array]) -> None:
+def _check_finite(grads: list[dict[str, Array]], dZ: list[Array], dA: list[Array]) -> None:
     """NumericalOverflow naming the first gradient that left float64's range.
 
-    db_l sums dZ_l over the examples, so a non-finite dZ_l shows in db_l; and dZ_l = dA_l * g'(Z_l) (masked or
-    not) turns a non-finite dA_l into a non-finite dZ_l. So db, dW and dA_0 cover every array; the others are
-    inspected one by one only when that cheap test fails (a sum can also overflow with finite terms).
+    A parameter's gradient is a sum over the examples of products with dZ_l, and dZ_l = dA_l * g'(Z_l) (masked or
+    not) turns a non-finite dA_l into a non-finite dZ_l; so the parameters' gradients and dA_0 cover every array.
+    The others are inspected one by one only when that cheap test fails (a sum can also overflow with finite
+    terms).
     """
-    total = sum(np.add.reduce(a, axis=None) for a in (*db, *dW, dA[0]))
+    total = sum(np.add.reduce(g, axis=None) for layer in grads for g in layer.values())
+    total += np.add.reduce(dA[0], axis=None)
     if math.isfinite(total):
         return
-    for name, group, first in (("dW", dW, 1), ("db", db, 1), ("dZ", dZ, 1), ("dA", dA, 0)):
-        for l, a in enumerate(group, start=first):
-            if not np.isfinite(a).all():
-                raise NumericalOverflow(f"{name}{l}", max(l, 1), "backward pass")
+    # In the order the keys are listed: each parameter name across the layers (dW1..dWL, db1..dbL, ...), then dZ, dA.
+    names = [(f"d{name}", group[name], l) for name in param_order()
+             for l, group in enumerate(grads, start=1) if name in group]
+    for quantity, a, l in names + [("dZ", z, l) for l, z in enumerate(dZ, start=1)] + \
+            [("dA", a, l) for l, a in enumerate(dA)]:
+        if not np.isfinite(a).all():
+            raise NumericalOverflow(f"{quantity}{l}", max(l, 1), "backward pass")
+
+
+def param_order() -> list[str]:
+    """Every parameter name in the order of the kinds' registration (W, b, gamma, beta, ...)."""
+    return list(dict.fromkeys(p.name for kind in KINDS.values() for p in kind.params))

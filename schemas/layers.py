@@ -1,0 +1,116 @@
+"""The request model of each layer kind, built from the kind's declarations (``service.engine.kinds``).
+
+A layer object is ``{"type": <kind>, <its parameters>, <its running statistics>, <its hyperparameters>,
+"activation", "negative_slope"}``; ``type`` defaults to ``dense``. The models form a union discriminated by
+``type`` (OpenAPI documents each kind); the pydantic field of each declaration comes from its neutral form here, so
+that a kind is one engine module and nothing in this package names one.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from annotated_types import Len
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag, create_model
+
+from schemas.arrays import array_type
+from schemas.common import FiniteFloat
+from service.engine.activations import ACTIVATIONS
+from service.engine.kinds import KINDS, REQUIRED, Hyper, Kind
+
+ActivationName = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
+KIND_NAMES = tuple(KINDS)
+DEFAULT_KIND = "dense"
+
+
+def _hyper_field(h: Hyper) -> tuple[Any, Any]:
+    """The pydantic type and Field of a hyperparameter."""
+    bounds = {k: v for k, v in (("gt", h.gt), ("ge", h.ge), ("le", h.le)) if v is not None}
+    if h.type == "float":
+        kind: Any = Annotated[FiniteFloat, Field(**bounds)]
+    elif h.type == "int":
+        kind = Annotated[StrictInt, Field(**bounds)]
+    elif h.type == "int_pair":
+        one = Annotated[StrictInt, Field(**bounds)]
+        kind = Union[one, Annotated[list[one], Len(min_length=2, max_length=2)]]
+    elif h.type == "choice":
+        kind = Literal[h.choices]  # type: ignore[valid-type]
+    else:
+        raise TypeError(f"hyperparameter {h.name!r}: unknown type {h.type!r}")
+    default = ... if h.default is REQUIRED else h.default
+    return kind, Field(default=default, description=h.description)
+
+
+def _model(kind: Kind) -> type[BaseModel]:
+    fields: dict[str, Any] = {
+        "type": (Literal[kind.name], Field(default=kind.name, description=f"`{kind.name}`: {kind.description}"
+                                           + (" The default when `type` is absent." if kind.name == DEFAULT_KIND
+                                              else ""))),
+    }
+    for p in kind.params:
+        fields[p.name] = (array_type(*p.ranks), Field(description=p.description))
+    for s in kind.states:
+        fields[s.name] = (Optional[array_type(*s.ranks)], Field(default=None, description=s.description))
+    for h in kind.hypers:
+        fields[h.name] = _hyper_field(h)
+    activation_default = ... if kind.default_activation is None else kind.default_activation
+    fields["activation"] = (ActivationName, Field(default=activation_default, description=(
+        "Activation g_l applied to the kind's output; `softmax` only on the output layer."
+        + ("" if kind.default_activation is None else f" Default `{kind.default_activation}`."))))
+    fields["negative_slope"] = (Optional[FiniteFloat], Field(
+        default=None, description="Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`."))
+    name = "".join(part.capitalize() for part in kind.name.split("_")) + "Layer"
+    model = create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
+    model.__doc__ = kind.description
+    return model
+
+
+LAYER_MODELS: dict[str, type[BaseModel]] = {name: _model(kind) for name, kind in KINDS.items()}
+
+
+def _layer_kind(value: Any) -> str | None:
+    """The union tag of a raw layer: its ``type`` (dense when absent); None when it is not an object."""
+    if isinstance(value, dict):
+        kind = value.get("type", DEFAULT_KIND)
+        return kind if isinstance(kind, str) else None
+    return getattr(value, "type", None)
+
+
+class _DocumentedDiscriminator:
+    """Writes the union's ``discriminator`` (``type`` -> each kind's schema) into the JSON schema, which pydantic
+    leaves out for a callable discriminator (one that defaults to dense)."""
+
+    def __get_pydantic_json_schema__(self, core_schema, handler):
+        schema = handler(core_schema)
+        refs = [item.get("$ref") for item in schema.get("oneOf", [])]
+        if all(refs):
+            schema["discriminator"] = {"propertyName": "type",
+                                       "mapping": {name: ref for name, ref in zip(LAYER_MODELS, refs)}}
+        return schema
+
+
+# One layer of any kind.
+LayerSpec = Annotated[
+    Union[tuple(Annotated[model, Tag(name)] for name, model in LAYER_MODELS.items())],  # type: ignore[misc]
+    # A layer that is not an object: reported as pydantic reports a model (schemas.errors renames the type).
+    Discriminator(_layer_kind, custom_error_type="layer_type",
+                  custom_error_message="Input should be a valid dictionary or instance of LayerSpec"),
+    _DocumentedDiscriminator(),
+]
+
+
+def sent_arrays(spec: BaseModel) -> dict[str, Any]:
+    """A layer's parameters and running statistics as the request held them (absent statistics left out)."""
+    kind = KINDS[spec.type]
+    out = {p.name: getattr(spec, p.name) for p in kind.params}
+    out.update({s.name: getattr(spec, s.name) for s in kind.states if getattr(spec, s.name) is not None})
+    return out
+
+
+def hyperparameters(spec: BaseModel) -> dict[str, Any]:
+    return {h.name: getattr(spec, h.name) for h in KINDS[spec.type].hypers}
+
+
+def field_owners(field: str) -> list[str]:
+    """The kinds that have a field of this name (for 'gamma is a field of batchnorm, layernorm' messages)."""
+    return [name for name, model in LAYER_MODELS.items() if field in model.model_fields and field != "type"]
