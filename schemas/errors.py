@@ -101,9 +101,10 @@ def _message(err: dict[str, Any]) -> str:
         else:
             hint = " (unknown fields are rejected)"
         return f"unknown field {name!r}{hint}"
-    if kind == "union_tag_invalid":
-        return (f"unknown layer type {err['ctx']['tag']!r}: the kinds are {', '.join(KIND_NAMES)} (absent means "
-                f"dense)")
+    if kind == "union_tag_invalid" or _unknown_kind(err):
+        tag = err["ctx"]["tag"] if kind == "union_tag_invalid" else err["input"]["type"]
+        shown = repr(tag) if isinstance(tag, str) else _json_kind(tag)
+        return f"unknown layer type {shown}: the kinds are {', '.join(KIND_NAMES)} (absent means dense)"
     if kind == "missing":
         return f"required field {err['loc'][-1]!r} is missing"
     if kind in ("list_type", "model_type", "layer_type", "dict_type", "model_attributes_type", "string_type",
@@ -123,7 +124,7 @@ def from_validation_error(exc: ValidationError) -> InvalidRequest:
     the request ``truncated``."""
     errors = exc.errors(include_url=False)
     truncated = any(e["type"] == MORE_ERRORS for e in errors)
-    items = [ErrorItem(location=_location(e), message=_message(e), type=_TYPES.get(e["type"], e["type"]))
+    items = [ErrorItem(location=_location(e), message=_message(e), type=_type(e))
              for e in errors if e["type"] != MORE_ERRORS]
     return InvalidRequest(items, truncated=truncated)
 
@@ -133,6 +134,16 @@ def from_validation_error(exc: ValidationError) -> InvalidRequest:
 _TYPES = {"layer_type": "model_type", "union_tag_invalid": "unknown_kind"}
 
 
+def _unknown_kind(err: dict[str, Any]) -> bool:
+    """A layer object whose ``type`` names no kind (pydantic reports it as the union's custom error)."""
+    value = err.get("input")
+    return err["type"] == "layer_type" and isinstance(value, dict) and value.get("type", "dense") not in KIND_NAMES
+
+
+def _type(err: dict[str, Any]) -> str:
+    return "unknown_kind" if _unknown_kind(err) else _TYPES.get(err["type"], err["type"])
+
+
 def _location(err: dict[str, Any]) -> str:
     location = format_location(err["loc"], err["type"] in ("extra_forbidden", "missing"))
-    return f"{location}.type" if err["type"] == "union_tag_invalid" else location
+    return f"{location}.type" if err["type"] == "union_tag_invalid" or _unknown_kind(err) else location
