@@ -7,8 +7,8 @@
 //   npm run generate -- --file openapi.json   a document dumped to a file
 //   npm run check-types [-- --file|--url ...] exit 1 (and say so) when src/schema.ts is out of date
 //
-// Without --url or --file the document is dumped by the repository's Python (./.venv/bin/python at the repository
-// root when it exists, else $PYTHON, else python3): `create_app().test_client().get("/openapi.json")`.
+// Without --url or --file the document is dumped by the repository's Python ($PYTHON, else .venv/bin/python at the
+// repository root when it exists, else python3): `create_app().test_client().get("/openapi.json")`.
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -46,8 +46,9 @@ function parseArgs(argv) {
 }
 
 function python() {
+  if (process.env.PYTHON) return process.env.PYTHON;
   const venv = join(REPO, ".venv", "bin", "python");
-  return existsSync(venv) ? venv : process.env.PYTHON || "python3";
+  return existsSync(venv) ? venv : "python3";
 }
 
 function dumpFromRepository() {
@@ -56,9 +57,13 @@ function dumpFromRepository() {
   const code = "import sys\nfrom service import create_app\n"
     + "r = create_app().test_client().get('/openapi.json')\nassert r.status_code == 200, r.status_code\n"
     + "open(sys.argv[1], 'wb').write(r.get_data())\n";
+  const interpreter = python();
   try {
-    execFileSync(python(), ["-c", code, out], { cwd: REPO, stdio: ["ignore", "ignore", "inherit"] });
+    execFileSync(interpreter, ["-c", code, out], { cwd: REPO, stdio: ["ignore", "ignore", "inherit"] });
     return readFileSync(out, "utf8");
+  } catch (error) {
+    throw new Error(`could not dump /openapi.json with ${interpreter} (see its error above): set PYTHON to a `
+      + "Python with the service installed (pip install -e . at the repository root), or use --url or --file");
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
