@@ -16,7 +16,7 @@ export interface RetryOptions {
 }
 
 export interface TransportOptions extends RetryOptions {
-  /** Longest wait for one attempt's complete response, headers and body (default 60000 ms; 0: none). */
+  /** Longest wait for one attempt's whole response, headers and body (default 60000 ms; 0 or Infinity: none). */
   timeoutMs?: number;
   /** The fetch to send with (default globalThis.fetch). */
   fetch?: (input: Request, init?: RequestInit) => Promise<Response>;
@@ -74,7 +74,10 @@ async function attemptOnce(send: NonNullable<TransportOptions["fetch"]>, request
   const abort = () => controller.abort(caller.reason);
   caller.addEventListener("abort", abort, { once: true });
   let timedOut = false;
-  const timer = timeoutMs > 0 ? setTimeout(() => { timedOut = true; controller.abort(); }, timeoutMs) : undefined;
+  // 0 or Infinity: no timeout (setTimeout would fire at once on Infinity or beyond its 2^31 - 1 ms range).
+  const timer = timeoutMs > 0 && Number.isFinite(timeoutMs)
+    ? setTimeout(() => { timedOut = true; controller.abort(); }, Math.min(timeoutMs, 2 ** 31 - 1))
+    : undefined;
   try {
     const response = await send(request.clone(), { signal: controller.signal });
     const body = await response.arrayBuffer();

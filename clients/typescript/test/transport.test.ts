@@ -62,7 +62,8 @@ describe("retries", () => {
   });
 
   it("does not wait for a Retry-After longer than maxRetryAfterMs: the 429 is thrown with it", async () => {
-    const server = await serve([{ status: 429, headers: { "Retry-After": "120" }, body: problem(429, "Too many") }, OK]);
+    const tooLong = { status: 429, headers: { "Retry-After": "120" }, body: problem(429, "Too many") };
+    const server = await serve([tooLong, OK]);
     const { c } = client(server, { maxRetryAfterMs: 5000 });
     const error = await rejection(c.health());
     assert.ok(error instanceof ProblemError);
@@ -123,6 +124,14 @@ describe("timeouts and aborts", () => {
     assert.equal(error.timeoutMs, 200);
     assert.ok(elapsed >= 190 && elapsed < 2000, `timed out after ${elapsed} ms`);
     assert.equal(server.requests.length, 1);
+  });
+
+  it("timeoutMs 0 or Infinity means no timeout", async () => {
+    const server = await serve([OK]);
+    for (const timeoutMs of [0, Infinity]) {
+      const { c } = client(server, { timeoutMs });
+      assert.equal((await c.health()).status, "ok");
+    }
   });
 
   it("a per-call timeoutMs overrides the client's", async () => {
