@@ -83,7 +83,8 @@ def test_a_planted_1_over_m_costs_the_dW_keys_only_with_the_diagnosis(live_resul
     assert failed == {f"L_model_backward: dW{l}" for l in (1, 2, 3)} | {f"{HIDDEN}: dW{l}" for l in (1, 2, 3, 4)}
     assert doc["score"] == MAX - 7 == 12
     for name in failed:
-        assert "Likely mistake: " in _tests(doc)[name]["output"] and "1/m factor is missing" in _tests(doc)[name]["output"]
+        output = _tests(doc)[name]["output"]
+        assert "Likely mistake: " in output and "1/m factor is missing" in output
     # the summary tells the visible mistake; the hidden test stays out of it
     assert "L_model_backward: 6 / 9" in doc["output"] and "1/m factor is missing" in doc["output"]
     assert HIDDEN not in doc["output"]

@@ -107,6 +107,8 @@ def test_the_answer_is_read_as_the_service_takes_it():
                                        "db1": np.ones((2, 2, 2)), "dA0": [1, 2]}, ["dW1", "cost", "db1", "dA0", "dZ1"])
     assert np.isnan(sub["dW1"]).sum() == 2 and sub["cost"] == 0.5
     assert set(problems) == {"db1", "dA0"} and "shape (2, 2, 2)" in problems["db1"]
+    sub, problems = course.submission(course.KINDS["backward"].answer([1.0, 2.0]), ["dW1", "db1"])
+    assert sub == {} and set(problems) == {"dW1", "db1"} and "not a dict of gradients" in problems["dW1"]
 
 
 def _nobody_can_run(python: str) -> bool:

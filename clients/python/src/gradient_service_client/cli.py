@@ -146,7 +146,8 @@ def service_options(command: Callable) -> Callable:
         click.option("--api-key", envvar="GRADIENT_SERVICE_API_KEY", help="Bearer key [env GRADIENT_SERVICE_API_KEY]."),
         click.option("--local", is_flag=True, help="Run the service in this process (needs its package)."),
         click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for an answer."),
-        click.option("--retries", type=int, default=2, show_default=True, help="Retries on connection errors, 429, 503."),
+        click.option("--retries", type=int, default=2, show_default=True,
+                     help="Retries on connection errors, 429 and 503."),
         click.option("--json", "as_json", is_flag=True, help="Print the service's JSON answer as it came."),
     ]
     return functools.reduce(lambda f, opt: opt(f), reversed(options), command)

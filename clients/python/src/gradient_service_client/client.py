@@ -153,12 +153,15 @@ class _Base(_Routes):
         self.headers.update(headers or {})
         self._app = _local_app(settings) if local else None
 
-    def _encoded(self, body: Any, headers: Mapping[str, str] | None) -> tuple[bytes | None, dict[str, str]]:
+    def _encoded(self, body: Any, headers: Mapping[str, str] | None,
+                 codec: JSONCodec | None) -> tuple[bytes | None, dict[str, str]]:
+        """The body's bytes and headers from ``codec`` (default ``self.codec``): where a binary codec plugs in."""
         out = dict(headers or {})
         if body is None:
             return None, out
-        out.setdefault("Content-Type", self.codec.content_type)
-        return self.codec.encode(body), out
+        codec = codec or self.codec
+        out.setdefault("Content-Type", codec.content_type)
+        return codec.encode(body), out
 
     def _retrying(self, cls: type[tenacity.BaseRetrying]) -> tenacity.BaseRetrying:
         return cls(stop=tenacity.stop_after_attempt(self.max_retries + 1), wait=_Wait(self.backoff),
@@ -214,11 +217,11 @@ class Client(_Base):
         self._http = httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=self.headers,
                                   transport=transport)
 
-    def send(self, method: str, route: str, body: Any = None, *,
-             headers: Mapping[str, str] | None = None) -> httpx.Response:
+    def send(self, method: str, route: str, body: Any = None, *, headers: Mapping[str, str] | None = None,
+             codec: JSONCodec | None = None) -> httpx.Response:
         """One request with retries: the response, or a typed error (``APIError`` subclasses, ``ConnectionFailed``,
-        ``RequestTimeout``)."""
-        content, hdrs = self._encoded(body, headers)
+        ``RequestTimeout``). ``codec`` encodes the body (default: the client's, JSON)."""
+        content, hdrs = self._encoded(body, headers, codec)
         for attempt in self._retrying(tenacity.Retrying):
             with attempt:
                 try:
@@ -276,9 +279,9 @@ class AsyncClient(_Base):
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout, headers=self.headers,
                                        transport=transport)
 
-    async def send(self, method: str, route: str, body: Any = None, *,
-                   headers: Mapping[str, str] | None = None) -> httpx.Response:
-        content, hdrs = self._encoded(body, headers)
+    async def send(self, method: str, route: str, body: Any = None, *, headers: Mapping[str, str] | None = None,
+                   codec: JSONCodec | None = None) -> httpx.Response:
+        content, hdrs = self._encoded(body, headers, codec)
         async for attempt in self._retrying(tenacity.AsyncRetrying):
             with attempt:
                 try:

@@ -19,6 +19,7 @@ import numpy as np
 from gradient_service_client.kit.sandbox import Unsupported
 
 MAX_ENTRIES = 1_000_000  # per returned array: a kit's networks are small
+EVERY_KEY = "*"  # an answer's problem that concerns every key (it is not the dict expected)
 
 
 def network(spec: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +76,10 @@ def _forward_answer(value: Any) -> dict[str, Any]:
 
 
 def _grads_answer(value: Any) -> dict[str, Any]:
-    return dict(value) if isinstance(value, dict) else {"grads": value}
+    if isinstance(value, dict):
+        return dict(value)
+    name = value.type if isinstance(value, Unsupported) else type(value).__name__
+    return {EVERY_KEY: f"the function returned a {name}, not a dict of gradients (grads[\"dW1\"], ...)"}
 
 
 KINDS = {
@@ -92,6 +96,8 @@ KINDS = {
 def submission(answer: dict[str, Any], keys: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
     """The graded keys of an answer, as the service takes them, and a problem per key that cannot be sent (it is
     then graded ``missing``, and the problem is told). Non-finite entries are sent as null (``not_a_number``)."""
+    if EVERY_KEY in answer:
+        return {}, {key: answer[EVERY_KEY] for key in keys}
     sub, problems = {}, {}
     for key in keys:
         if key not in answer:

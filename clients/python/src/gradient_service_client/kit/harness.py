@@ -131,6 +131,12 @@ def _short(reason: str) -> str:
     return lines[0].rstrip(":") + (f": {lines[-1]}" if len(lines) > 1 else "")
 
 
+def _renamed(case: Case, test: dict) -> dict:
+    """A test of the service's document under the case's name, with the problem of its key, if any."""
+    output = test["output"] + _problem_note(case, test["name"])
+    return {**test, "name": f"{case.name}: {test['name']}", "output": output}
+
+
 def _problem_note(case: Case, key: str) -> str:
     return f"\nNote: {case.problems[key]}" if case.problems and key in case.problems else ""
 
@@ -142,10 +148,10 @@ def _gradescope(cases: list[Case], config: dict) -> dict:
     for case in cases:
         if case.doc is None:
             case_tests = [{"name": f"{case.name}: {k}", "score": 0.0, "max_score": p, "status": "failed",
-                           "output": _failure_text(case), "visibility": case.visibility} for k, p in case.points.items()]
+                           "output": _failure_text(case), "visibility": case.visibility}
+                          for k, p in case.points.items()]
         else:
-            case_tests = [{**t, "name": f"{case.name}: {t['name']}", "output": t["output"] + _problem_note(case, t["name"])}
-                          for t in case.doc["tests"]]
+            case_tests = [_renamed(case, t) for t in case.doc["tests"]]
         tests += case_tests
         earned = sum(t["score"] for t in case_tests)
         total += earned
@@ -169,8 +175,7 @@ def _prairielearn(cases: list[Case], config: dict) -> dict:
                            "max_points": p, "message": "your function " + _short(case.failure.reason), "output": reason}
                           for k, p in case.points.items()]
         else:
-            case_tests = [{**t, "name": f"{case.name}: {t['name']}", "output": t["output"] + _problem_note(case, t["name"])}
-                          for t in case.doc["tests"]]
+            case_tests = [_renamed(case, t) for t in case.doc["tests"]]
         tests += case_tests
         earned = sum(t["points"] for t in case_tests)
         lines.append(f"{case.name}: {earned:g} / {sum(case.points.values()):g}")
