@@ -35,6 +35,7 @@ from schemas.arrays import MORE_ERRORS, NullableMatrixOrVector
 from schemas.common import FiniteFloat
 from schemas.errors import ErrorItem, InvalidRequest, format_location, from_validation_error
 from schemas.gradescope import VISIBILITIES, GradescopeResponse, document, invalid_document, shape_text
+from schemas import junit, prairielearn
 from schemas.gradients import GradientRequest, Prepared, prepare
 from schemas.limits import Limits
 from schemas.policy import MAX_SUBMISSIONS, Policy
@@ -199,10 +200,14 @@ class GradeRequest(GradientRequest):
                                       "expected, or the reverse): `strict` grades it `shape_mismatch` (with the "
                                       "`column_vs_vector` diagnosis when the values are right); `lenient` grades the "
                                       "values and adds a note.")
-    format: Literal["native", "gradescope"] = Field(
+    format: Literal["native", "gradescope", "prairielearn", "junit"] = Field(
         default="native", description="`native`: this service's JSON. `gradescope`: a Gradescope results.json "
                                       "(`score`, `output`, `tests[]` with `name`, `score`, `max_score`, `status`, "
-                                      "`output`, `visibility`), one per submission in the batch form.")
+                                      "`output`, `visibility`), one per submission in the batch form. "
+                                      "`prairielearn`: a PrairieLearn external grader's results.json (`gradable`, "
+                                      "`score` in [0, 1], `message`, `tests[]` with `name`, `points`, `max_points`, "
+                                      "`message`, `output`). `junit`: JUnit XML as `application/xml` (a testsuite per "
+                                      "submission, a testcase per key, the diagnosis in the failure message).")
     visibility: Literal[VISIBILITIES] = Field(  # type: ignore[valid-type]
         default="visible", description="Gradescope `visibility` of each test (with `format: gradescope`).")
     include_caches: NotUsed = Field(default=False, description="Accepted (a /v1/gradients body can be sent as it "
@@ -481,7 +486,7 @@ class GradeResponse(BaseModel):
 
 
 # Any 200 body of POST /v1/grade.
-class GradeAnyResponse(RootModel[Union[GradeResponse, GradescopeResponse]]):
+class GradeAnyResponse(RootModel[Union[GradeResponse, GradescopeResponse, prairielearn.PrairieLearnResponse]]):
     pass
 
 
@@ -566,7 +571,7 @@ def _invalid_result(errors: list[ErrorItem], worth: float) -> dict:
 
 
 def grade_to_wire(grades: list[grading.SubmissionGrade], ref: grading.Reference, prep: Prepared,
-                  req: GradeRequest, subs: Batch, effective: Effective) -> dict:
+                  req: GradeRequest, subs: Batch, effective: Effective) -> dict | junit.JUnitXML:
     """The engine's grades (one per well-formed submission, in order) -> the response body in the requested
     format, the malformed submissions in their places."""
     precision = effective.precision(req.reveal)
@@ -575,6 +580,9 @@ def grade_to_wire(grades: list[grading.SubmissionGrade], ref: grading.Reference,
                _grade_result(next(graded), ref, precision, prep.examples_first, notes)
                for arrays, errors, notes, worth in zip(subs.arrays, subs.errors, subs.notes, subs.worth)]
     tol = effective.tolerance
+    if req.format in ("prairielearn", "junit"):  # built from the native results, each in its own module
+        return (prairielearn if req.format == "prairielearn" else junit).response(results, tol, precision,
+                                                                                  req.submissions is not None)
     if req.format == "gradescope":
         docs = [invalid_document(r, req.visibility) if r["status"] == "invalid" else
                 document(r, tol, req.visibility, precision) for r in results]

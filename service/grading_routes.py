@@ -14,6 +14,7 @@ from flask import Blueprint, current_app, g
 from schemas.explain import ExplainRequest, ExplainResponse, explain_to_wire, prepare_explain
 from schemas.gradient_check import (DEFAULT_MAX_FORWARD_PASSES, GradientCheckRequest, GradientCheckResponse,
                                     check_to_wire, prepare_check)
+from schemas import junit
 from schemas.grading import (MAX_SUBMISSIONS, GradeAnyResponse, GradeRequest, apply_policy, grade_to_wire,
                              prepare_grading)
 from schemas.policy import Policy
@@ -81,10 +82,13 @@ EXPLAIN_EXAMPLES = {
                 "located errors, the others are graded. The batch is priced before any work (422 `limit_exceeded` "
                 "over the limits). The API key's policy (a service setting) may forbid `reveal`, bound the "
                 "tolerances and the batch size (403 naming the field and the policy) and limit the rate (429 with "
-                "Retry-After). `format: gradescope` returns a Gradescope results.json as it is.",
+                "Retry-After). `format: gradescope` returns a Gradescope results.json as it is, `format: "
+                "prairielearn` a PrairieLearn results.json, `format: junit` JUnit XML (`application/xml`).",
     request=GradeRequest, response=GradeAnyResponse, errors=(400, 403, 413, 415, 422), tags=("grading",),
-    response_description="`format: native`: `result` (or `results` in the batch form). `format: gradescope`: a "
-                         "Gradescope results.json (or `{\"results\": [...]}`, one per submission).",
+    response_description="`format: native`: `result` (or `results` in the batch form). `format: gradescope` or "
+                         "`prairielearn`: that platform's results.json (or `{\"results\": [...]}`, one per "
+                         "submission). `format: junit`: JUnit XML, `application/xml`, a testsuite per submission.",
+    other_media={junit.MEDIA_TYPE: {"type": "string", "description": "JUnit XML (`format: junit`)."}},
     secured=True, examples=GRADE_EXAMPLES)
 def grade():
     """Grade one submission or a batch against one reference."""
@@ -102,7 +106,10 @@ def grade():
                                       in_shapes=prep.shapes[:-1], variant_work=limits.max_work,
                                       variant_elements=limits.max_activations)
         grades = grading.grade_all(ref, subs.graded, tol, req.points, lenient_shapes=req.shape_policy == "lenient")
-    return json_response(grade_to_wire(grades, ref, prep, req, subs, effective))
+    body = grade_to_wire(grades, ref, prep, req, subs, effective)
+    if isinstance(body, junit.JUnitXML):
+        return current_app.response_class(body, mimetype=junit.MEDIA_TYPE)
+    return json_response(body)
 
 
 @bp.post("/v1/gradient-check")

@@ -42,6 +42,7 @@ class RouteDoc:
     response: type[BaseModel] | None = None
     response_description: str = "Success."
     response_media_type: str = "application/json"
+    other_media: dict[str, dict] = field(default_factory=dict)  # other media types of a 200 -> their schemas
     errors: tuple[int, ...] = ()
     tags: tuple[str, ...] = ()
     secured: bool = False
@@ -111,6 +112,8 @@ def build_spec(app: Flask, version: str) -> dict:
             ok["content"] = {doc.response_media_type: {"schema": refs[(doc.response, "serialization")]}}
         elif doc.response_media_type != "application/json":
             ok["content"] = {doc.response_media_type: {"schema": {"type": "string"}}}
+        for media, media_schema in doc.other_media.items():
+            ok.setdefault("content", {})[media] = {"schema": media_schema}
         op["responses"]["200"] = ok
         statuses = set(doc.errors) | {404, 405, 500}
         if doc.secured:
