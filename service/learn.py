@@ -6,7 +6,7 @@ The page is static files (service/static/learn/) that call the public API from t
 /v1/explain, /v1/grade): every number it shows is the service's. Two small helper routes serve it:
 
 - ``GET /learn/examples``: the shipped example networks, every ``service/examples/*.json`` (a /v1/gradients body
-  each; adding an example is adding a file).
+  each; adding an example is adding a file), and whether /v1 needs an API key.
 - ``POST /learn/mathml``: ``{"latex": [...]}`` -> ``{"mathml": [...]}``, the LaTeX the engine writes rendered as
   MathML on the server (latex2mathml), so the page draws formulas with no script or font from the network. Every
   converted document is re-parsed and rebuilt from an allowlist of MathML elements and attributes (latex2mathml
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Annotated
 
 import orjson
-from flask import Blueprint, send_from_directory
+from flask import Blueprint, current_app, send_from_directory
 from latex2mathml.converter import convert
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -79,9 +79,12 @@ def page():
 
 @bp.get("/learn/examples")
 def examples():
-    """Every shipped example, ``[{"name": file stem, "body": /v1/gradients body}]``, sorted by name."""
+    """Every shipped example, ``[{"name": file stem, "body": /v1/gradients body}]``, sorted by name, and whether
+    the /v1 routes need an API key (so that the page asks for one before its first call, not after a 401)."""
+    settings = current_app.config["SETTINGS"]
     listed = [{"name": p.stem, "body": orjson.loads(p.read_bytes())} for p in sorted(EXAMPLES.glob("*.json"))]
-    return json_response({"examples": listed})
+    keys = bool(settings.api_keys) or any(policy.keys for policy in settings.policies.values())
+    return json_response({"examples": listed, "api_keys_required": keys})
 
 
 @bp.post("/learn/mathml")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service import learn
+from service import create_app, learn
 
 ROOT = Path(__file__).parent.parent
 
@@ -33,7 +33,9 @@ def test_the_page_and_its_files_are_served_with_a_same_origin_policy(client):
 
 
 def test_examples_lists_every_shipped_file_and_each_is_a_valid_request(client, post):
-    listed = client.get("/learn/examples").get_json()["examples"]
+    answer = client.get("/learn/examples").get_json()
+    assert answer["api_keys_required"] is False
+    listed = answer["examples"]
     files = sorted((ROOT / "service" / "examples").glob("*.json"))
     assert [e["name"] for e in listed] == [p.stem for p in files]
     assert {"two_layer_sigmoid_bce", "softmax_three_classes"} <= {e["name"] for e in listed}
@@ -43,6 +45,12 @@ def test_examples_lists_every_shipped_file_and_each_is_a_valid_request(client, p
         assert status == 200, (e["name"], out)
         status, out = post(e["body"], path="/v1/explain")
         assert status == 200, (e["name"], out)
+
+
+def test_examples_says_when_the_api_needs_a_key():
+    keyed = create_app({"api_keys": ["learner-key-0123456789abcdef"]}).test_client()
+    assert keyed.get("/learn/examples").get_json()["api_keys_required"] is True
+    assert keyed.get("/learn").status_code == 200  # the page itself stays open, as /docs/ does
 
 
 def test_the_examples_folder_is_the_packaged_one():

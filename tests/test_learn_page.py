@@ -196,7 +196,9 @@ def test_hover_shows_the_formula_with_its_numbers(tab, reference):
     # The side-by-side story: the chain rule's product next to A - Y, entry by entry.
     page.locator('#step-dZL_fused td[data-name="dZ2_chain_rule"][data-idx="0,2"]').hover()
     assert page.locator("#insp-text").inner_text() == "dZ2_chain_rule[0,2] = dA2[0,2]·g'(Z2[0,2]) = (-1.561)·0.2302 = -0.3592"
-    # By keyboard: focus an entry, move with the arrow keys; the inspector (a live region) follows.
+    # By keyboard: focus an entry, move with the arrow keys; the inspector (a live region) follows. (The mouse is
+    # moved off the arrays first: scrolling to the focused entry would otherwise slide another one under it.)
+    page.mouse.move(0, 0)
     tab.cell("#bwd-2", "dZ2", "0,0").focus()
     page.keyboard.press("ArrowRight")
     assert page.locator("#insp-text").inner_text() == "dZ2[0,1] = A2[0,1] - Y[0,1] = 0.5507 - 0 = 0.5507"
@@ -270,6 +272,49 @@ def test_a_pasted_body_with_larger_arrays_is_drawn_as_heatmaps(tab, reference):
     assert float(text.rsplit(" = ", 1)[1]) == pytest.approx(z, rel=1e-3)
     assert page.locator("#example").input_value() == ""
     tab.assert_clean()
+
+
+def test_an_edit_the_service_refuses_is_explained_and_changes_nothing(tab):
+    page = tab.open()
+    before = tab.cell("#bwd-1", "dW1", "0,0").get_attribute("data-value")
+    label = page.locator('#fwd-cost figure[data-array="Y"] input[data-idx="0,0"]')
+    label.fill("2")  # binary cross-entropy needs labels in [0, 1]
+    label.press("Enter")
+    page.wait_for_selector('html[data-state="error"]', state="attached")
+    assert "binary_cross_entropy needs labels in [0, 1]" in page.locator("#problems").inner_text()
+    assert label.get_attribute("aria-invalid") == "true"
+    assert tab.cell("#bwd-1", "dW1", "0,0").get_attribute("data-value") == before
+    assert page.locator("#status").inner_text().startswith("Not recomputed: the service refused Y[0,0]")
+    # The browser reports the refused request itself (a 422) on its console; nothing else may be there.
+    assert all("status of 422" in e for e in tab.errors), tab.errors
+    tab.errors.clear()
+    label.fill("not a number")
+    label.press("Enter")
+    assert "is not a number; nothing was sent" in page.locator("#status").inner_text()
+    tab.assert_clean()
+
+
+def test_with_api_keys_the_page_asks_for_one_and_keeps_it_out_of_the_link(browser):
+    key = "learner-key-0123456789abcdef"
+    server = make_server("127.0.0.1", 0, create_app({"api_keys": [key]}), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        t = Tab(browser, f"http://127.0.0.1:{server.server_port}")
+        page = t.page
+        page.goto(f"{t.base}/learn")
+        page.wait_for_selector('html[data-state="needs-key"]', state="attached")
+        assert page.locator("#apikey").is_visible()
+        page.locator("#apikey-input").fill(key)
+        page.locator('#apikey button[type="submit"]').click()
+        t.wait(1)
+        assert page.locator('#backward figure[data-array="dW1"]').count() == 1
+        assert key not in page.url
+        t.assert_clean()
+        t.close()
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
 
 
 @pytest.mark.parametrize("name", ["two_layer_sigmoid_bce", "softmax_three_classes"])

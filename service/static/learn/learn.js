@@ -94,7 +94,7 @@ async function compute(body, {edit = null, exampleName = null} = {}) {
     return true;
   } catch (err) {
     if (ticket !== latest) return false;
-    showProblem(err);
+    showProblem(err, edit);
     setState('error');
     return false;
   }
@@ -104,15 +104,19 @@ function countChanges() {
   return [...document.querySelectorAll('td.cell.changed')].length;
 }
 
-function showProblem(err) {
+function showProblem(err, edit = null) {
   const box = $('#problems');
   const problem = err instanceof ApiError ? err.problem : null;
   const items = (problem?.errors || []).map(e => el('li', {}, el('code', {text: e.location}), `: ${e.message}`));
   box.replaceChildren(el('strong', {text: err instanceof ApiError ? `The service refused this (${err.status}): `
                                                                    : 'Something went wrong: '}),
                       document.createTextNode(err.message), items.length ? el('ul', {}, ...items) : null);
-  setStatus('The numbers shown are from the last network the service accepted.');
-  for (const {name, idx} of problemTargets(problem?.errors || [])) {
+  setStatus(edit ? `Not recomputed: the service refused ${edit.name}[${edit.idx.join(',')}] as edited. The numbers ` +
+                  'shown are from the last network it accepted.' :
+                  'The numbers shown are from the last network the service accepted.');
+  const targets = problemTargets(problem?.errors || []);
+  if (edit && edit.idx.length) targets.push(edit);  // the refused request differs from the last one by this entry
+  for (const {name, idx} of targets) {
     const input = document.querySelector(`figure[data-array="${name}"] input[data-idx="${idx.join(',')}"]`);
     if (input) input.setAttribute('aria-invalid', 'true');
   }
@@ -310,7 +314,10 @@ function collapseTable(stepId) {
     const tr = el('tr', {}, el('th', {scope: 'row', text: `[${idx.join(',')}]`}));
     for (const [name] of present) {
       const v = grid(M.explainValue(name)).get(r, c);
-      tr.append(el('td', {class: `cell${v === null ? ' null' : ''}`, 'data-name': name, 'data-idx': idx.join(','),
+      const before = S.previous?.explainValue(name);
+      const changed = before !== undefined && grid(before).rows === g.rows && !Object.is(grid(before).get(r, c), v);
+      tr.append(el('td', {class: `cell${v === null ? ' null' : ''}${changed ? ' changed' : ''}`,
+                          'data-name': name, 'data-idx': idx.join(','),
                           'data-value': String(v), tabindex: tab ? '0' : '-1', role: 'gridcell',
                           'aria-label': `${name}[${idx.join(',')}] = ${fmt(v)}`, text: fmt(v)}));
       tab = false;
@@ -566,21 +573,24 @@ function gradeTable(res) {
 
 async function start() {
   try {
+    const listed = await api('/learn/examples');
+    S.examples = listed.examples;
+    if (listed.api_keys_required && !sessionStorage.getItem(KEY_STORE)) return askForKey('');
     S.info = await api('/v1');
   } catch (err) {
-    if (err.status === 401) {
-      $('#apikey').hidden = false;
-      setStatus('An API key is needed.');
-      setState('needs-key');
-      return;
-    }
+    if (err.status === 401) return askForKey(err.message);
     showProblem(err);
     setState('error');
     return;
   }
   $('#apikey').hidden = true;
-  S.examples = (await api('/learn/examples')).examples;
   await loadFromHash();
+}
+
+function askForKey(why) {
+  $('#apikey').hidden = false;
+  setStatus(why ? `The service refused the key: ${why}` : 'This service needs an API key.');
+  setState('needs-key');
 }
 
 function wire() {
