@@ -203,6 +203,11 @@ def test_hover_shows_the_formula_with_its_numbers(tab, reference):
     page.keyboard.press("ArrowRight")
     assert page.locator("#insp-text").inner_text() == "dZ2[0,1] = A2[0,1] - Y[0,1] = 0.5507 - 0 = 0.5507"
     assert page.locator("#insp-text").get_attribute("aria-live") == "polite"
+    # In-page links (the diagram's, the skip link) move the focus and leave the state in the fragment alone.
+    url = page.url
+    page.locator('.net a[href="#fwd-1"]').click()
+    assert page.url == url and page.evaluate("document.activeElement.id") == "fwd-1"
+    assert page.locator("html").get_attribute("data-generation") == "1"
     tab.assert_clean()
 
 
@@ -271,6 +276,20 @@ def test_a_pasted_body_with_larger_arrays_is_drawn_as_heatmaps(tab, reference):
     assert text.startswith("Z1[0,1] = W1[0,0]·X[0,1] + ") and "more terms" in text
     assert float(text.rsplit(" = ", 1)[1]) == pytest.approx(z, rel=1e-3)
     assert page.locator("#example").input_value() == ""
+    tab.assert_clean()
+
+
+def test_docs_link_to_the_page(tab):
+    page = tab.page
+    page.goto(f"{tab.base}/docs/")
+    link = page.locator('.info a[href="/learn"]')
+    link.wait_for(timeout=20_000)
+    with tab.context.expect_page() as opened:  # Swagger UI opens description links in a new tab
+        link.click()
+    learner = opened.value
+    learner.on("console", lambda m: m.type == "error" and tab.errors.append(m.text))
+    learner.wait_for_selector('html[data-state="ready"][data-generation="1"]', state="attached", timeout=20_000)
+    assert learner.url.startswith(f"{tab.base}/learn#example=two_layer_sigmoid_bce")
     tab.assert_clean()
 
 

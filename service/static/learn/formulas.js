@@ -131,6 +131,7 @@ export const TEMPLATES = {
 
   A(ctx, name, [u, e], l) {
     const layer = ctx.layer(l);
+    if (!layer.dense || !layer.activation) return null;
     const Zn = ctx.lab(`Z${l}`, u, e), z = ctx.f(ctx.at(`Z${l}`, u, e));
     let g;
     if (layer.activation === 'softmax') {

@@ -10,6 +10,8 @@ import {decodeState, encodeState} from './state.js';
 
 const $ = sel => document.querySelector(sel);
 const KEY_STORE = 'gradient-service-api-key';
+const GRADE_ONLY = ['submission', 'submissions', 'reveal', 'rtol', 'atol', 'points', 'shape_policy', 'format',
+                    'hidden_layer', 'examples_shown', 'units_shown'];
 
 const S = {
   info: null, examples: [], exampleName: null, exampleBody: null,
@@ -72,14 +74,18 @@ async function compute(body, {edit = null, exampleName = null} = {}) {
   const hidden = S.hidden && S.hidden < L ? S.hidden : null;
   if (hidden) explainBody.hidden_layer = hidden;
   try {
-    const [response, explain] = await Promise.all([
-      api('/v1/gradients', {...body, include_caches: true}), api('/v1/explain', explainBody)]);
+    // The story is a second request: when it fails alone, the passes are still shown with its problem.
+    const [response, story] = await Promise.all([
+      api('/v1/gradients', {...body, include_caches: true}),
+      api('/v1/explain', explainBody).then(v => ({v}), err => ({err}))]);
     if (ticket !== latest) return false;
+    const explain = story.v || null;
+    S.explainError = story.err || null;
     S.previous = S.model && edit ? S.model : null;
     S.body = body;
     S.response = response;
     S.explain = explain;
-    S.hidden = explain.hidden_layer || null;
+    S.hidden = explain?.hidden_layer || null;
     S.lastEdit = edit;
     if (exampleName !== null) S.exampleName = exampleName;
     S.model = model(body, response, explain, S.info);
@@ -87,7 +93,7 @@ async function compute(body, {edit = null, exampleName = null} = {}) {
     renderAll();
     S.generation += 1;
     document.documentElement.dataset.generation = String(S.generation);
-    setStatus(edit ? `Recomputed by the service after ${edit.name}[${edit.idx.join(',')}] changed; ` +
+    setStatus(edit ? `Recomputed by the service after ${editName(edit)} changed; ` +
                      `${countChanges()} numbers changed (marked).` : `Computed by the service: J = ${fmt(response.cost)}.`);
     setState('ready');
     await writeHash();
@@ -100,6 +106,8 @@ async function compute(body, {edit = null, exampleName = null} = {}) {
   }
 }
 
+const editName = edit => (edit.idx.length ? `${edit.name}[${edit.idx.join(',')}]` : edit.name);
+
 function countChanges() {
   return [...document.querySelectorAll('td.cell.changed')].length;
 }
@@ -111,7 +119,7 @@ function showProblem(err, edit = null) {
   box.replaceChildren(el('strong', {text: err instanceof ApiError ? `The service refused this (${err.status}): `
                                                                    : 'Something went wrong: '}),
                       document.createTextNode(err.message), items.length ? el('ul', {}, ...items) : null);
-  setStatus(edit ? `Not recomputed: the service refused ${edit.name}[${edit.idx.join(',')}] as edited. The numbers ` +
+  setStatus(edit ? `Not recomputed: the service refused ${editName(edit)} as edited. The numbers ` +
                   'shown are from the last network it accepted.' :
                   'The numbers shown are from the last network the service accepted.');
   const targets = problemTargets(problem?.errors || []);
@@ -184,19 +192,22 @@ function renderDiagram() {
                     el('span', {class: 'shape', text: `${M.units(0)} features × ${M.m} examples`}))];
   for (const layer of M.layers) {
     const acts = info.activations.filter(a => !a.output_only || layer.l === M.L).map(a => a.name);
-    const select = el('select', {'data-layer': String(layer.l), 'aria-label': `activation of layer ${layer.l}`},
-                      ...acts.map(a => el('option', {value: a, text: a, selected: a === layer.activation})));
-    select.addEventListener('change', () => changeBody(b => { b.layers[layer.l - 1].activation = select.value; }));
+    const select = layer.activation === undefined ? null :
+      el('select', {'data-layer': String(layer.l), 'aria-label': `activation of layer ${layer.l}`},
+         ...acts.map(a => el('option', {value: a, text: a, selected: a === layer.activation})));
+    select?.addEventListener('change', () => changeBody(b => { b.layers[layer.l - 1].activation = select.value; },
+                                                        {name: `the activation of layer ${layer.l}`, idx: []}));
     const params = layer.params.map(p => `${p}${layer.l} ${shapeText(grid(S.body.layers[layer.l - 1][p]).shape)}`);
     items.push(el('li', {class: layer.l === M.L ? 'out' : ''},
       el('strong', {}, el('a', {href: `#fwd-${layer.l}`, text: `Layer ${layer.l}${layer.l === M.L ? ' (output)' : ''}`})),
-      el('span', {class: 'meta', text: layer.type}), el('label', {}, 'activation ', select),
+      el('span', {class: 'meta', text: layer.type}), select ? el('label', {}, 'activation ', select) : null,
       el('span', {class: 'shape', text: params.join(', ')}),
       el('span', {class: 'shape', text: `A${layer.l}: ${shapeText(M.shape(`A${layer.l}`))}`})));
   }
   const costSelect = el('select', {id: 'cost-select', 'aria-label': 'cost'},
                         ...info.costs.map(c => el('option', {value: c.name, text: c.name, selected: c.name === M.cost})));
-  costSelect.addEventListener('change', () => changeBody(b => { b.cost = costSelect.value; }));
+  costSelect.addEventListener('change', () => changeBody(b => { b.cost = costSelect.value; },
+                                                         {name: 'the cost', idx: []}));
   items.push(el('li', {}, el('strong', {}, el('a', {href: '#fwd-cost', text: 'Cost'})), el('label', {}, costSelect),
                 el('span', {class: 'shape', text: `Y ${shapeText(grid(S.body.Y).shape)}`}),
                 el('span', {class: 'shape', text: `J = ${fmt(S.response.cost)}`})));
@@ -210,8 +221,15 @@ function renderDiagram() {
 const LAST_STEPS = ['dAL', 'activation_derivative', 'dZL_chain_rule', 'dZL_fused', 'no_simplification', 'stability'];
 const HIDDEN_STEPS = ['hidden_dA', 'hidden_dZ'];
 
+const KNOWN_STEPS = new Set(['cost', 'why', ...LAST_STEPS, ...HIDDEN_STEPS]);
+
 function renderWhy() {
   const ex = S.explain, M = S.model;
+  if (!ex) {
+    $('#why-answer').textContent = `/v1/explain could not tell this network's story: ${S.explainError?.message}`;
+    for (const sel of ['#why-cost', '#why-last .steps', '#why-hidden .steps', '#why-why']) $(sel).replaceChildren();
+    return;
+  }
   const steps = Object.fromEntries(ex.steps.map(s => [s.id, s]));
   $('#why-answer').textContent = answerText(ex, M);
   $('#why-cost').replaceChildren(...(steps.cost ? [stepCard(steps.cost)] : []));
@@ -227,7 +245,9 @@ function renderWhy() {
   select.replaceChildren(...Array.from({length: Math.max(0, ex.layers - 1)}, (_, i) =>
     el('option', {value: String(i + 1), text: `layer ${i + 1}`, selected: i + 1 === h})));
   select.disabled = ex.layers < 2;
-  $('#why-why').replaceChildren(...(steps.why ? [stepCard(steps.why)] : []));
+  // Steps this page does not know yet (new layer kinds, say) are shown after the others, as the route sends them.
+  const more = ex.steps.filter(s => !KNOWN_STEPS.has(s.id)).map(stepCard);
+  $('#why-why').replaceChildren(...(steps.why ? [stepCard(steps.why)] : []), ...more);
   renderMath();
 }
 
@@ -413,7 +433,8 @@ function renderForward() {
     for (const n of [`Z${layer.l}`, `A${layer.l}`]) if (M.value(n) !== undefined) figs.push(arrayFigure(n, M.value(n)));
     const formula = layer.dense ? `Z${layer.l} = W${layer.l} A${layer.l - 1} + b${layer.l};  A${layer.l} = ${layer.activation}(Z${layer.l})`
                                 : `a ${layer.type} layer`;
-    out.push(layerSection(`fwd-${layer.l}`, `Layer ${layer.l}: ${layer.type}, ${layer.activation}`, formula, figs));
+    out.push(layerSection(`fwd-${layer.l}`, [`Layer ${layer.l}: ${layer.type}`, layer.activation].filter(Boolean).join(', '),
+                          formula, figs));
   }
   out.push(layerSection('fwd-cost', `Cost: ${M.cost}, J = ${fmt(S.response.cost)}`,
                         M.costFormula() + ' Edit the labels Y.',
@@ -496,7 +517,7 @@ function onEdit(name, idx, text, input) {
   }, {name, idx});
 }
 
-function changeBody(mutate, edit = {name: 'the network', idx: []}) {
+function changeBody(mutate, edit) {
   const body = structuredClone(S.body);
   mutate(body);
   return compute(body, {edit});
@@ -556,10 +577,11 @@ function gradeTable(res) {
                             `the service's ${fmt(k.worst.reference)}` : '';
     return el('tr', {'data-key': k.key},
       el('th', {scope: 'row'}, el('code', {text: k.key})),
-      el('td', {}, el('span', {class: `badge ${k.status}`, text: k.status.replace(/_/g, ' ')})),
-      el('td', {text: k.max_abs_error === null || k.max_abs_error === undefined ? '' : fmt(k.max_abs_error)}),
-      el('td', {text: worst}),
-      el('td', {class: 'diagnosis'}, ...(d ? [el('code', {text: d.code}), el('br'), d.message] :
+      el('td', {'data-label': 'status'}, el('span', {class: `badge ${k.status}`, text: k.status.replace(/_/g, ' ')})),
+      el('td', {'data-label': 'largest error',
+                text: k.max_abs_error === null || k.max_abs_error === undefined ? '' : fmt(k.max_abs_error)}),
+      el('td', {'data-label': 'worst entry', text: worst}),
+      el('td', {class: 'diagnosis', 'data-label': 'diagnosis'}, ...(d ? [el('code', {text: d.code}), el('br'), d.message] :
                                          [k.status === 'correct' ? 'matches the service' : 'no known mistake fits these numbers']),
          ...(k.notes || []).map(n => el('div', {class: 'note', text: typeof n === 'string' ? n : n.message || ''}))));
   });
@@ -625,6 +647,9 @@ function wire() {
     }
     if (!body || typeof body !== 'object' || Array.isArray(body)) { showProblem(new Error('paste a JSON object')); return; }
     delete body.include_caches;
+    // A /v1/grade body: its network is loaded, its submission goes to "Check my numbers".
+    if (body.submission) $('#submission').value = JSON.stringify(body.submission, null, 1);
+    for (const k of GRADE_ONLY) delete body[k];
     S.selection = null;
     S.hidden = null;
     S.exampleName = null;
@@ -637,7 +662,19 @@ function wire() {
     sessionStorage.setItem(KEY_STORE, $('#apikey-input').value.trim());
     start();
   });
-  window.addEventListener('hashchange', () => loadFromHash());
+  // The fragment holds the state: an in-page link scrolls to its target instead of replacing it.
+  document.addEventListener('click', ev => {
+    const a = ev.target.closest?.('a[href^="#"]');
+    const target = a && document.getElementById(a.getAttribute('href').slice(1));
+    if (!target) return;
+    ev.preventDefault();
+    if (!target.hasAttribute('tabindex')) target.setAttribute('tabindex', '-1');
+    target.scrollIntoView();
+    target.focus({preventScroll: true});
+  });
+  window.addEventListener('hashchange', () => {
+    if (/(^|[#&])(example|net)=/.test(location.hash)) loadFromHash();
+  });
 }
 
 wire();

@@ -84,6 +84,8 @@ export function model(body, response, explain, info) {
     if (Z) return ef ? Z[0].length : Z.length;
     return (values.get(`W${l}`) || []).length;
   };
+  // Whether dZ_L = A_L - Y: the explain route says so; without its story, the cost's fused activation (/v1).
+  const canonical = explain ? !!explain.canonical : costInfo?.fused_activation === layers[L - 1].activation;
   const classIndices = cost === 'categorical_cross_entropy' && !isMatrix(body.Y) && units(L) > 1;
 
   // An entry by logical index: (unit, example) for per-example arrays, (row, column) for W, (unit) for b.
@@ -111,7 +113,7 @@ export function model(body, response, explain, info) {
 
   function context(f) {
     return {
-      L, m, cost, layout: body.layout || 'features_first', canonical: !!explain?.canonical,
+      L, m, cost, layout: body.layout || 'features_first', canonical,
       mean: body.intermediates === 'mean', l2: body.l2 || 0, keepProb: body.dropout?.keep_prob, f,
       layer: l => layers[l - 1] || {dense: false, activation: null, masked: false},
       units, at, lab, logical,
@@ -160,7 +162,7 @@ export function model(body, response, explain, info) {
     if (l === 0) return 'dA0 = W1^T dZ1 (the hidden rule, applied to the input).';
     const layer = layers[l - 1];
     if (!layer?.dense) return `The service's gradients of this ${layer?.type} layer.`;
-    const dZ = l === L ? (explain?.canonical ? `dZ${L} = A${L} - Y (canonical pair)` : `dZ${L} = dA${L} * g'(Z${L})`)
+    const dZ = l === L ? (canonical ? `dZ${L} = A${L} - Y (canonical pair)` : `dZ${L} = dA${L} * g'(Z${L})`)
                        : `dA${l} = W${l + 1}^T dZ${l + 1}; dZ${l} = dA${l} * g'(Z${l})`;
     const dA = l === L ? `dA${L} from the cost's formula; ` : '';
     return `${dA}${dZ}; dW${l} = ${pre}dZ${l} A${l - 1}^T${body.l2 ? ` + (lambda/m) W${l}` : ''}; ` +
