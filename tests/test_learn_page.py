@@ -276,6 +276,20 @@ def test_a_pasted_body_with_larger_arrays_is_drawn_as_heatmaps(tab, reference):
     assert text.startswith("Z1[0,1] = W1[0,0]·X[0,1] + ") and "more terms" in text
     assert float(text.rsplit(" = ", 1)[1]) == pytest.approx(z, rel=1e-3)
     assert page.locator("#example").input_value() == ""
+    # A large input is edited from the inspector: X[0,1] here, and the service recomputes.
+    x = page.locator('#forward figure[data-array="X"] canvas.heatmap')
+    x.focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Enter")
+    page.locator("#insp-edit-input").fill("2.5")
+    page.locator('#insp-edit button[type="submit"]').click()
+    tab.wait(3)
+    body["X"][0][1] = 2.5
+    z, before = reference({**body, "include_caches": True})["caches"]["Z1"][0][1], z
+    assert z != pytest.approx(before, rel=1e-3)
+    heat.focus()
+    page.keyboard.press("ArrowRight")
+    assert float(page.locator("#insp-text").inner_text().rsplit(" = ", 1)[1]) == pytest.approx(z, rel=1e-3)
     tab.assert_clean()
 
 

@@ -207,9 +207,10 @@ function renderHeatmap(figure, spec, g, compare) {
     }
   }
   ctx2d.putImageData(img, 0, 0);
-  // Sized by CSS: each entry at least 4 px, the whole at most the figure's width.
-  canvas.style.setProperty('--cols', String(g.cols));
-  canvas.style.setProperty('--rows', String(g.rows));
+  // Each entry a square of 3 to 14 px, the whole at most 640 px wide (CSS caps it at the figure's width).
+  const cell = Math.max(3, Math.min(14, Math.floor(640 / g.cols)));
+  canvas.style.width = `${g.cols * cell}px`;
+  canvas.style.aspectRatio = `${g.cols} / ${g.rows}`;
   const cursor = el('div', {class: 'cursor', 'aria-hidden': 'true'});
   const wrap = el('div', {class: 'heatwrap'}, canvas, cursor);
   let at = spec.selected && spec.selected.length ? rcOf(g, spec.selected) : [0, 0];

@@ -469,6 +469,14 @@ function inspect(name, idx, value, node, how, source) {
   tip.style.left = `${Math.max(4, Math.min(window.scrollX + rect.left, window.scrollX + innerWidth - tip.offsetWidth - 8))}px`;
   tip.style.top = `${window.scrollY + rect.bottom + 4}px`;
   if (how === 'pin' || how === 'focus') {
+    // A heatmap has no input per entry: an editable one is edited from the inspector.
+    const form = $('#insp-edit');
+    form.hidden = !(node.tagName === 'CANVAS' && source !== 'explain' && S.model.pathOf(name));
+    if (!form.hidden) {
+      S.heatEdit = {name, idx};
+      $('#insp-edit-label').textContent = `${name}[${idx.join(',')}]`;
+      $('#insp-edit-input').value = String(value);
+    }
     document.querySelectorAll('.cell.selected').forEach(c => c.classList.remove('selected'));
     node.classList.add('selected');
     S.selection = {name, idx, source: source || 'model'};
@@ -657,6 +665,10 @@ function wire() {
     compute(body, {exampleName: null});
   });
   $('#grade').addEventListener('click', grade);
+  $('#insp-edit').addEventListener('submit', ev => {
+    ev.preventDefault();
+    if (S.heatEdit) onEdit(S.heatEdit.name, S.heatEdit.idx, $('#insp-edit-input').value, $('#insp-edit-input'));
+  });
   $('#apikey').addEventListener('submit', ev => {
     ev.preventDefault();
     sessionStorage.setItem(KEY_STORE, $('#apikey-input').value.trim());
