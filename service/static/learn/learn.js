@@ -134,9 +134,11 @@ function showProblem(err, edit = null) {
 
 function renderAll() {
   const focus = document.activeElement;
+  // Re-rendering replaces the focused entry: focus its successor (same section, array and index) afterwards.
   const refocus = focus?.closest?.('figure[data-array]') &&
     {name: focus.closest('figure[data-array]').dataset.array, idx: focus.dataset.idx ??
-      focus.closest('td')?.dataset.idx, input: focus.tagName === 'INPUT'};
+      focus.closest('td')?.dataset.idx, input: focus.tagName === 'INPUT',
+     section: focus.closest('.layer, .step')?.id};
   renderExamples();
   renderDiagram();
   renderWhy();
@@ -144,7 +146,8 @@ function renderAll() {
   renderBackward();
   restoreSelection();
   if (refocus && refocus.idx !== undefined) {
-    const fig = document.querySelector(`figure[data-array="${refocus.name}"]`);
+    const within = refocus.section ? `#${refocus.section} ` : '';
+    const fig = document.querySelector(`${within}figure[data-array="${refocus.name}"]`);
     const target = fig?.querySelector(`${refocus.input ? 'input' : 'td'}[data-idx="${refocus.idx}"]`);
     target?.focus({preventScroll: true});
   }
