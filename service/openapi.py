@@ -16,6 +16,8 @@ from schemas.errors import Problem
 from service.engine import ACTIVATIONS, COSTS, KINDS
 
 REF = "#/components/schemas/{model}"
+LEARN_LINK = ("**Learners:** [/learn](/learn) shows your network's forward and backward pass with every formula's "
+              "numbers, and why the last layer's gradient is A_L - Y while a hidden layer's is W^T dZ.\n\n")
 
 ERROR_TEXT = {
     400: "Malformed JSON.",
@@ -131,7 +133,7 @@ def build_spec(app: Flask, version: str) -> dict:
             "title": "gradient-service",
             "version": version,
             "description": "Forward pass, cost and every backpropagation gradient of a fully connected network, "
-                           "in float64.\n\n" + formulas_markdown(),
+                           "in float64.\n\n" + LEARN_LINK + formulas_markdown(),
         },
         "paths": paths,
         "components": {
