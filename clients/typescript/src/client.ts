@@ -5,6 +5,7 @@ import type { paths } from "./schema.js";
 import { retryingFetch, type TransportOptions } from "./transport.js";
 import type {
   ExplainRequest, ExplainResponse, GradeRequest, GradeRequestInput, GradeResponse, GradescopeResponse,
+  PrairieLearnResponse,
   GradientCheckRequest, GradientCheckResponse, GradientRequest, GradientResponse, Health, ServiceInfo,
 } from "./types.js";
 
@@ -57,10 +58,16 @@ export class GradientServiceClient {
   grade(body: GradeRequestInput & { format?: "native" }, options?: CallOptions): Promise<GradeResponse>;
   /** POST /v1/grade with `format: "gradescope"`: a Gradescope results.json (or `{results: [...]}` for a batch). */
   grade(body: GradeRequestInput & { format: "gradescope" }, options?: CallOptions): Promise<GradescopeResponse>;
-  grade(body: GradeRequestInput, options?: CallOptions): Promise<GradeResponse | GradescopeResponse>;
-  grade(body: GradeRequestInput, options?: CallOptions): Promise<GradeResponse | GradescopeResponse> {
-    // SubmissionInput is the assignable form of the generated Submission (see types.ts): same JSON.
-    return this.call(this.raw.POST("/v1/grade", { body: body as GradeRequest, ...this.init(options) }));
+  /** POST /v1/grade with `format: "prairielearn"`: a PrairieLearn external grader's results.json. */
+  grade(body: GradeRequestInput & { format: "prairielearn" }, options?: CallOptions): Promise<PrairieLearnResponse>;
+  /** POST /v1/grade with `format: "junit"`: the JUnit XML document, as text. */
+  grade(body: GradeRequestInput & { format: "junit" }, options?: CallOptions): Promise<string>;
+  grade(body: GradeRequestInput, options?: CallOptions): Promise<GradeResponse | GradescopeResponse | PrairieLearnResponse | string>;
+  grade(body: GradeRequestInput, options?: CallOptions): Promise<GradeResponse | GradescopeResponse | PrairieLearnResponse | string> {
+    // SubmissionInput is the assignable form of the generated Submission (see types.ts): same JSON. JUnit comes
+    // back as application/xml, read as text.
+    const parseAs = body.format === "junit" ? "text" : "json";
+    return this.call(this.raw.POST("/v1/grade", { body: body as GradeRequest, parseAs, ...this.init(options) }));
   }
 
   /** POST /v1/gradient-check: the analytic gradients (the service's or yours) against central differences. */

@@ -36,7 +36,7 @@ export interface paths {
         put?: never;
         /**
          * Grade a student's arrays (or a class's) against the reference, with diagnoses.
-         * @description Computes the reference for the posted network once (as POST /v1/gradients does), then grades `submission` (or each of `submissions`, at most 500) key by key: status, errors, the worst entry, the course's difference, points, and for a wrong key the mistake its numbers point to (`missing_1_over_m`, `extra_1_over_m`, `intermediate_convention`, `sign_flipped`, `transposed`, `column_vs_vector`, `layer_index_off_by_one`, `dZL_sent_as_dAL`, `dAL_sent_as_dZL`, `derivative_on_A`, `relu_derivative_at_zero`, `missing_l2`, `dropout_mask_not_applied`, `dropout_not_scaled`, `scaled_by_constant`), each with its evidence, only when the submission matches that mistake within the tolerance. An entry passes when |s - r| <= atol + rtol |r| (defaults rtol = 1e-5, atol = 1e-8); null reference entries (not representable) are not graded, and cost and dA_L also pass where they match the course's formula evaluated from the rounded A_L. Without `reveal` no number of the response is computed from the reference but the errors, rounded up to powers of ten (none at all under a policy with `feedback: status`); with it the reference is sent once, as `reference`. In the batch form each submission is validated on its own: a malformed one gets a result with `status: invalid` and its located errors, the others are graded. The batch is priced before any work (422 `limit_exceeded` over the limits). The API key's policy (a service setting) may forbid `reveal`, bound the tolerances and the batch size (403 naming the field and the policy) and limit the rate (429 with Retry-After). `format: gradescope` returns a Gradescope results.json as it is.
+         * @description Computes the reference for the posted network once (as POST /v1/gradients does), then grades `submission` (or each of `submissions`, at most 500) key by key: status, errors, the worst entry, the course's difference, points, and for a wrong key the mistake its numbers point to (`missing_1_over_m`, `extra_1_over_m`, `intermediate_convention`, `sign_flipped`, `transposed`, `column_vs_vector`, `layer_index_off_by_one`, `dZL_sent_as_dAL`, `missing_l2`, `dAL_sent_as_dZL`, `dropout_mask_not_applied`, `dropout_not_scaled`, `derivative_on_A`, `relu_derivative_at_zero`, `batchnorm_constant_statistics`, `batchnorm_unbiased_variance`, `batchnorm_grads_wrong_axis`, `layernorm_wrong_axis`, `scaled_by_constant`), each with its evidence, only when the submission matches that mistake within the tolerance. An entry passes when |s - r| <= atol + rtol |r| (defaults rtol = 1e-5, atol = 1e-8); null reference entries (not representable) are not graded, and cost and dA_L also pass where they match the course's formula evaluated from the rounded A_L. Without `reveal` no number of the response is computed from the reference but the errors, rounded up to powers of ten (none at all under a policy with `feedback: status`); with it the reference is sent once, as `reference`. In the batch form each submission is validated on its own: a malformed one gets a result with `status: invalid` and its located errors, the others are graded. The batch is priced before any work (422 `limit_exceeded` over the limits). The API key's policy (a service setting) may forbid `reveal`, bound the tolerances and the batch size (403 naming the field and the policy) and limit the rate (429 with Retry-After). `format: gradescope` returns a Gradescope results.json as it is, `format: prairielearn` a PrairieLearn results.json, `format: junit` JUnit XML (`application/xml`).
          */
         post: operations["post_v1_grade"];
         delete?: never;
@@ -109,7 +109,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Readiness: the engine answers two tiny built-in networks exactly. */
+        /**
+         * Readiness: the engine answers two tiny built-in networks exactly.
+         * @description 503 with status `draining` from SIGTERM on (GRADIENT_DRAIN_SECONDS): the service is stopping.
+         */
         get: operations["get_readyz"];
         put?: never;
         post?: never;
@@ -188,6 +191,73 @@ export interface components {
             /** Output Only */
             output_only: boolean;
         };
+        /**
+         * BatchnormLayer
+         * @description Batch normalisation over the examples, per feature (cs231n's batchnorm_forward): out = gamma (x - mean) / sqrt(var + eps) + beta.
+         */
+        BatchnormLayer: {
+            /**
+             * Type
+             * @description `batchnorm`: Batch normalisation over the examples, per feature (cs231n's batchnorm_forward): out = gamma (x - mean) / sqrt(var + eps) + beta.
+             * @default batchnorm
+             * @constant
+             */
+            type?: "batchnorm";
+            /**
+             * Gamma
+             * @description Scale, one per feature: a vector (D,) or a column (D, 1) (normalised over the examples); dgamma comes back in the shape sent.
+             */
+            gamma: number[] | number[][];
+            /**
+             * Beta
+             * @description Shift, one per feature: a vector (D,) or a column (D, 1); dbeta comes back in the shape sent.
+             */
+            beta: number[] | number[][];
+            /**
+             * Running Mean
+             * @description The running mean (D,) or (D, 1); default zeros. Returned updated in train mode, under `state`.
+             * @default null
+             */
+            running_mean?: number[] | number[][] | null;
+            /**
+             * Running Var
+             * @description The running variance (D,) or (D, 1); default ones. Returned updated in train mode.
+             * @default null
+             */
+            running_var?: number[] | number[][] | null;
+            /**
+             * Eps
+             * @description Added to the variance before the square root.
+             * @default 0.00001
+             */
+            eps?: number;
+            /**
+             * Momentum
+             * @description running = momentum running + (1 - momentum) batch.
+             * @default 0.9
+             */
+            momentum?: number;
+            /**
+             * Mode
+             * @description `train`: the batch's mean and (biased) variance; `test`: the running statistics, which must then be sent.
+             * @default train
+             * @enum {string}
+             */
+            mode?: "train" | "test";
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
         /** CheckedEntry */
         CheckedEntry: {
             /**
@@ -236,11 +306,46 @@ export interface components {
             /** Label Domain */
             label_domain: string;
         };
+        /**
+         * DenseLayer
+         * @description Fully connected: Z = W A_prev + b.
+         */
+        DenseLayer: {
+            /**
+             * Type
+             * @description `dense`: Fully connected: Z = W A_prev + b. The default when `type` is absent.
+             * @default dense
+             * @constant
+             */
+            type?: "dense";
+            /**
+             * W
+             * @description Weights, (n_l, n_{l-1}) (weight_layout out_in, the default) or (n_{l-1}, n_l) (in_out); dW comes back in the layout sent.
+             */
+            W: number[][];
+            /**
+             * B
+             * @description Biases, a column (n_l, 1) or a vector (n_l,); db comes back in the same shape.
+             */
+            b: number[] | number[][];
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer.
+             * @enum {string}
+             */
+            activation: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
         /** DiagnosisOut */
         DiagnosisOut: {
             /**
              * Code
-             * @description One of: `missing_1_over_m` (the 1/m factor is missing (the submission is m times the reference)), `extra_1_over_m` (1/m is applied twice (the submission is the reference divided by m)), `intermediate_convention` (the other convention for dA and dZ (per-example versus mean: a factor m)), `sign_flipped` (the sign is flipped), `transposed` (the array is transposed), `column_vs_vector` (right values, but a vector where a column was expected or the reverse), `layer_index_off_by_one` (the value of the neighbouring layer's key (the layer index is off by one)), `dZL_sent_as_dAL` (dZ_L = A_L - Y was sent as dA_L), `dAL_sent_as_dZL` (dA_L was used as dZ_L (the output activation's derivative was left out)), `derivative_on_A` (the activation derivative was evaluated on A instead of Z (sigmoid'(A), tanh'(A))), `relu_derivative_at_zero` (ReLU's derivative was taken as 1 at z = 0 (it is 0; leaky ReLU's is the slope)), `missing_l2` (the L2 term is missing), `dropout_mask_not_applied` (the dropout mask was not applied in the backward pass), `dropout_not_scaled` (the dropout mask was applied without dividing by keep_prob), `scaled_by_constant` (the submission is a constant multiple of the reference).
+             * @description One of: `missing_1_over_m` (the 1/m factor is missing (the submission is m times the reference)), `extra_1_over_m` (1/m is applied twice (the submission is the reference divided by m)), `intermediate_convention` (the other convention for dA and dZ (per-example versus mean: a factor m)), `sign_flipped` (the sign is flipped), `transposed` (the array is transposed), `column_vs_vector` (right values, but a vector where a column was expected or the reverse), `layer_index_off_by_one` (the value of the neighbouring layer's key (the layer index is off by one)), `dZL_sent_as_dAL` (dZ_L = A_L - Y was sent as dA_L), `missing_l2` (the L2 term is missing), `dAL_sent_as_dZL` (dA_L was used as dZ_L (the output activation's derivative was left out)), `dropout_mask_not_applied` (the dropout mask was not applied in the backward pass), `dropout_not_scaled` (the dropout mask was applied without dividing by keep_prob), `derivative_on_A` (the activation derivative was evaluated on A instead of Z (sigmoid'(A), tanh'(A))), `relu_derivative_at_zero` (ReLU's derivative was taken as 1 at z = 0 (it is 0; leaky ReLU's is the slope)), `batchnorm_constant_statistics` (batchnorm's dx taken as dout gamma / sigma: the batch mean and variance treated as constants), `batchnorm_unbiased_variance` (batchnorm used the unbiased variance (1/(m-1)) in training), `batchnorm_grads_wrong_axis` (dgamma and dbeta summed over the features instead of the examples), `layernorm_wrong_axis` (layernorm normalised over the examples instead of the features), `scaled_by_constant` (the submission is a constant multiple of the reference).
              */
             code: string;
             /**
@@ -293,9 +398,9 @@ export interface components {
             keep_prob: number;
             /**
              * Masks
-             * @description D_1 .. D_{L-1}: 0/1 matrices shaped like A_l, (n_l, m) or (m, n_l) by layout.
+             * @description D_1 .. D_{L-1}: 0/1 matrices shaped like A_l, (n_l, m) or (m, n_l) by layout; null for a hidden layer without dropout.
              */
-            masks: number[][][];
+            masks: (number[][] | null)[];
         };
         /**
          * ErrorItem
@@ -322,9 +427,9 @@ export interface components {
         ExplainRequest: {
             /**
              * Layers
-             * @description Layers 1 .. L, input side first.
+             * @description Layers 1 .. L, input side first; each a kind (`type`, default `dense`) with its parameters, hyperparameters and an activation.
              */
-            layers: components["schemas"]["LayerSpec"][];
+            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"])[];
             /**
              * X
              * @description Inputs: (n_x, m) features first, or (m, n_x) examples first.
@@ -332,7 +437,7 @@ export interface components {
             X: number[][];
             /**
              * Y
-             * @description Labels: (n_y, m) or (m, n_y) by layout; a flat list of m labels when n_y = 1; for categorical_cross_entropy also a flat list of m class indices.
+             * @description Labels: (n_y, m) or (m, n_y) by layout; a flat list of m labels when n_y = 1; for the costs that take them also a flat list of m class indices.
              */
             Y: number[] | number[][];
             /**
@@ -340,7 +445,7 @@ export interface components {
              * @description The cost; it must pair with the output activation.
              * @enum {string}
              */
-            cost: "binary_cross_entropy" | "categorical_cross_entropy" | "mean_squared_error";
+            cost: "binary_cross_entropy" | "categorical_cross_entropy" | "mean_squared_error" | "multiclass_hinge";
             /**
              * Layout
              * @description Orientation of X, Y, masks and of every (units, m) matrix returned.
@@ -348,6 +453,13 @@ export interface components {
              * @enum {string}
              */
             layout?: "features_first" | "examples_first";
+            /**
+             * Weight Layout
+             * @description Dense W as (n_l, n_{l-1}) (`out_in`, the course's) or (n_{l-1}, n_l) (`in_out`, as cs231n's affine layer and Keras hold it); dW comes back the same way.
+             * @default out_in
+             * @enum {string}
+             */
+            weight_layout?: "out_in" | "in_out";
             /**
              * L2
              * @description lambda >= 0: J += lambda/(2m) sum ||W_l||_F^2, dW_l += (lambda/m) W_l.
@@ -488,15 +600,45 @@ export interface components {
              */
             shown: number[];
         };
+        /** FieldInfo */
+        FieldInfo: {
+            /** Name */
+            name: string;
+            /** Description */
+            description: string;
+            /**
+             * L2
+             * @description Parameters: whether L2 regularizes it.
+             * @default null
+             */
+            l2?: boolean | null;
+            /**
+             * Type
+             * @description Hyperparameters: `float`, `int`, `int_pair` or `choice`.
+             * @default null
+             */
+            type?: string | null;
+            /**
+             * Default
+             * @description Hyperparameters: the default (absent: required).
+             * @default null
+             */
+            default?: unknown;
+            /**
+             * Choices
+             * @default null
+             */
+            choices?: string[] | null;
+        };
         /** GradeAnyResponse */
-        GradeAnyResponse: components["schemas"]["GradeResponse"] | components["schemas"]["GradescopeResponse"];
+        GradeAnyResponse: components["schemas"]["GradeResponse"] | components["schemas"]["GradescopeResponse"] | components["schemas"]["PrairieLearnResponse"];
         /** GradeRequest */
         GradeRequest: {
             /**
              * Layers
-             * @description Layers 1 .. L, input side first.
+             * @description Layers 1 .. L, input side first; each a kind (`type`, default `dense`) with its parameters, hyperparameters and an activation.
              */
-            layers: components["schemas"]["LayerSpec"][];
+            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"])[];
             /**
              * X
              * @description Inputs: (n_x, m) features first, or (m, n_x) examples first.
@@ -504,7 +646,7 @@ export interface components {
             X: number[][];
             /**
              * Y
-             * @description Labels: (n_y, m) or (m, n_y) by layout; a flat list of m labels when n_y = 1; for categorical_cross_entropy also a flat list of m class indices.
+             * @description Labels: (n_y, m) or (m, n_y) by layout; a flat list of m labels when n_y = 1; for the costs that take them also a flat list of m class indices.
              */
             Y: number[] | number[][];
             /**
@@ -512,7 +654,7 @@ export interface components {
              * @description The cost; it must pair with the output activation.
              * @enum {string}
              */
-            cost: "binary_cross_entropy" | "categorical_cross_entropy" | "mean_squared_error";
+            cost: "binary_cross_entropy" | "categorical_cross_entropy" | "mean_squared_error" | "multiclass_hinge";
             /**
              * Layout
              * @description Orientation of X, Y, masks and of every (units, m) matrix returned.
@@ -520,6 +662,13 @@ export interface components {
              * @enum {string}
              */
             layout?: "features_first" | "examples_first";
+            /**
+             * Weight Layout
+             * @description Dense W as (n_l, n_{l-1}) (`out_in`, the course's) or (n_{l-1}, n_l) (`in_out`, as cs231n's affine layer and Keras hold it); dW comes back the same way.
+             * @default out_in
+             * @enum {string}
+             */
+            weight_layout?: "out_in" | "in_out";
             /**
              * L2
              * @description lambda >= 0: J += lambda/(2m) sum ||W_l||_F^2, dW_l += (lambda/m) W_l.
@@ -590,11 +739,11 @@ export interface components {
             shape_policy?: "strict" | "lenient";
             /**
              * Format
-             * @description `native`: this service's JSON. `gradescope`: a Gradescope results.json (`score`, `output`, `tests[]` with `name`, `score`, `max_score`, `status`, `output`, `visibility`), one per submission in the batch form.
+             * @description `native`: this service's JSON. `gradescope`: a Gradescope results.json (`score`, `output`, `tests[]` with `name`, `score`, `max_score`, `status`, `output`, `visibility`), one per submission in the batch form. `prairielearn`: a PrairieLearn external grader's results.json (`gradable`, `score` in [0, 1], `message`, `tests[]` with `name`, `points`, `max_points`, `message`, `output`). `junit`: JUnit XML as `application/xml` (a testsuite per submission, a testcase per key, the diagnosis in the failure message).
              * @default native
              * @enum {string}
              */
-            format?: "native" | "gradescope";
+            format?: "native" | "gradescope" | "prairielearn" | "junit";
             /**
              * Visibility
              * @description Gradescope `visibility` of each test (with `format: gradescope`).
@@ -709,9 +858,9 @@ export interface components {
         GradientCheckRequest: {
             /**
              * Layers
-             * @description Layers 1 .. L, input side first.
+             * @description Layers 1 .. L, input side first; each a kind (`type`, default `dense`) with its parameters, hyperparameters and an activation.
              */
-            layers: components["schemas"]["LayerSpec"][];
+            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"])[];
             /**
              * X
              * @description Inputs: (n_x, m) features first, or (m, n_x) examples first.
@@ -719,7 +868,7 @@ export interface components {
             X: number[][];
             /**
              * Y
-             * @description Labels: (n_y, m) or (m, n_y) by layout; a flat list of m labels when n_y = 1; for categorical_cross_entropy also a flat list of m class indices.
+             * @description Labels: (n_y, m) or (m, n_y) by layout; a flat list of m labels when n_y = 1; for the costs that take them also a flat list of m class indices.
              */
             Y: number[] | number[][];
             /**
@@ -727,7 +876,7 @@ export interface components {
              * @description The cost; it must pair with the output activation.
              * @enum {string}
              */
-            cost: "binary_cross_entropy" | "categorical_cross_entropy" | "mean_squared_error";
+            cost: "binary_cross_entropy" | "categorical_cross_entropy" | "mean_squared_error" | "multiclass_hinge";
             /**
              * Layout
              * @description Orientation of X, Y, masks and of every (units, m) matrix returned.
@@ -735,6 +884,13 @@ export interface components {
              * @enum {string}
              */
             layout?: "features_first" | "examples_first";
+            /**
+             * Weight Layout
+             * @description Dense W as (n_l, n_{l-1}) (`out_in`, the course's) or (n_{l-1}, n_l) (`in_out`, as cs231n's affine layer and Keras hold it); dW comes back the same way.
+             * @default out_in
+             * @enum {string}
+             */
+            weight_layout?: "out_in" | "in_out";
             /**
              * L2
              * @description lambda >= 0: J += lambda/(2m) sum ||W_l||_F^2, dW_l += (lambda/m) W_l.
@@ -871,9 +1027,9 @@ export interface components {
         GradientRequest: {
             /**
              * Layers
-             * @description Layers 1 .. L, input side first.
+             * @description Layers 1 .. L, input side first; each a kind (`type`, default `dense`) with its parameters, hyperparameters and an activation.
              */
-            layers: components["schemas"]["LayerSpec"][];
+            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"])[];
             /**
              * X
              * @description Inputs: (n_x, m) features first, or (m, n_x) examples first.
@@ -881,7 +1037,7 @@ export interface components {
             X: number[][];
             /**
              * Y
-             * @description Labels: (n_y, m) or (m, n_y) by layout; a flat list of m labels when n_y = 1; for categorical_cross_entropy also a flat list of m class indices.
+             * @description Labels: (n_y, m) or (m, n_y) by layout; a flat list of m labels when n_y = 1; for the costs that take them also a flat list of m class indices.
              */
             Y: number[] | number[][];
             /**
@@ -889,7 +1045,7 @@ export interface components {
              * @description The cost; it must pair with the output activation.
              * @enum {string}
              */
-            cost: "binary_cross_entropy" | "categorical_cross_entropy" | "mean_squared_error";
+            cost: "binary_cross_entropy" | "categorical_cross_entropy" | "mean_squared_error" | "multiclass_hinge";
             /**
              * Layout
              * @description Orientation of X, Y, masks and of every (units, m) matrix returned.
@@ -897,6 +1053,13 @@ export interface components {
              * @enum {string}
              */
             layout?: "features_first" | "examples_first";
+            /**
+             * Weight Layout
+             * @description Dense W as (n_l, n_{l-1}) (`out_in`, the course's) or (n_{l-1}, n_l) (`in_out`, as cs231n's affine layer and Keras hold it); dW comes back the same way.
+             * @default out_in
+             * @enum {string}
+             */
+            weight_layout?: "out_in" | "in_out";
             /**
              * L2
              * @description lambda >= 0: J += lambda/(2m) sum ||W_l||_F^2, dW_l += (lambda/m) W_l.
@@ -936,7 +1099,7 @@ export interface components {
             AL: (number | null)[][];
             /**
              * Gradients
-             * @description dW1..dWL, db1..dbL (each in the shape b was sent), dZ1..dZL, dA0..dA{L}.
+             * @description d<param><l> for every parameter of every layer (dW1..dWL, db1..dbL, dgamma<l>, dbeta<l>; each in the shape its parameter was sent in), dZ1..dZL, dA0..dA{L}.
              */
             gradients: {
                 [key: string]: (number | null)[][] | number[];
@@ -948,6 +1111,16 @@ export interface components {
              */
             caches?: {
                 [key: string]: (number | null)[][];
+            } | null;
+            /**
+             * State
+             * @description Only for networks with running statistics (batchnorm): each such layer's updated `running_mean` and `running_var`, keyed by layer number, in the shapes sent (a column when not sent).
+             * @default null
+             */
+            state?: {
+                [key: string]: {
+                    [key: string]: (number | null)[][] | number[];
+                };
             } | null;
             /**
              * Warnings
@@ -1058,24 +1231,81 @@ export interface components {
              */
             notes?: string[];
         };
-        /** LayerSpec */
-        LayerSpec: {
+        /** KindInfo */
+        KindInfo: {
+            /** Name */
+            name: string;
+            /** Description */
+            description: string;
+            /** Params */
+            params: components["schemas"]["FieldInfo"][];
             /**
-             * W
-             * @description Weights, (n_l, n_{l-1}) in both layouts.
+             * State
+             * @description Running statistics it reads (optional) and returns updated.
              */
-            W: number[][];
+            state: components["schemas"]["FieldInfo"][];
+            /** Hyperparameters */
+            hyperparameters: components["schemas"]["FieldInfo"][];
             /**
-             * B
-             * @description Biases, a column (n_l, 1) or a vector (n_l,); db comes back in the same shape.
+             * Default Activation
+             * @description null: `activation` must be sent.
              */
-            b: number[] | number[][];
+            default_activation: string | null;
+            /**
+             * Formulas
+             * @description `forward`, `backward` (the input's gradient) and `d<param>`, in text.
+             */
+            formulas: {
+                [key: string]: string;
+            };
+            /**
+             * Latex
+             * @description The same in LaTeX.
+             */
+            latex: {
+                [key: string]: string;
+            };
+            /**
+             * Mistakes
+             * @description The diagnosis codes of this kind's typical mistakes (POST /v1/grade).
+             */
+            mistakes: string[];
+        };
+        /**
+         * LayernormLayer
+         * @description Layer normalisation over the features, per example (cs231n's layernorm_forward): out = gamma (x - mean) / sqrt(var + eps) + beta.
+         */
+        LayernormLayer: {
+            /**
+             * Type
+             * @description `layernorm`: Layer normalisation over the features, per example (cs231n's layernorm_forward): out = gamma (x - mean) / sqrt(var + eps) + beta.
+             * @default layernorm
+             * @constant
+             */
+            type?: "layernorm";
+            /**
+             * Gamma
+             * @description Scale, one per feature: a vector (D,) or a column (D, 1) (normalised over the features, per example); dgamma comes back in the shape sent.
+             */
+            gamma: number[] | number[][];
+            /**
+             * Beta
+             * @description Shift, one per feature: a vector (D,) or a column (D, 1); dbeta comes back in the shape sent.
+             */
+            beta: number[] | number[][];
+            /**
+             * Eps
+             * @description Added to the variance before the square root.
+             * @default 0.00001
+             */
+            eps?: number;
             /**
              * Activation
-             * @description Activation g_l; `softmax` only on the output layer.
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
              * @enum {string}
              */
-            activation: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
             /**
              * Negative Slope
              * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
@@ -1133,6 +1363,63 @@ export interface components {
              */
             within_roundoff?: boolean | null;
         };
+        /** PrairieLearnResponse */
+        PrairieLearnResponse: components["schemas"]["PrairieLearnResults"] | {
+            [key: string]: components["schemas"]["PrairieLearnResults"][];
+        };
+        /** PrairieLearnResults */
+        PrairieLearnResults: {
+            /**
+             * Gradable
+             * @description False for a malformed submission (PrairieLearn charges no attempt).
+             */
+            gradable: boolean;
+            /**
+             * Score
+             * @description Points earned over points available, in [0, 1] (0 when nothing is worth points).
+             */
+            score: number;
+            /**
+             * Message
+             * @description The score in points and the distinct mistakes found.
+             */
+            message: string;
+            /** Tests */
+            tests: components["schemas"]["PrairieLearnTest"][];
+            /**
+             * Format Errors
+             * @description Why a malformed submission was not graded (only with `gradable: false`).
+             * @default null
+             */
+            format_errors?: string[] | null;
+        };
+        /** PrairieLearnTest */
+        PrairieLearnTest: {
+            /**
+             * Name
+             * @description The key, e.g. `dW1`.
+             */
+            name: string;
+            /** Description */
+            description: string;
+            /**
+             * Points
+             * @description Points earned: `max_points` when correct, else 0.
+             */
+            points: number;
+            /** Max Points */
+            max_points: number;
+            /**
+             * Message
+             * @description The verdict, and the likely mistake when the numbers point to one.
+             */
+            message: string;
+            /**
+             * Output
+             * @description The details: errors (bounds without `reveal`), the worst entry, notes.
+             */
+            output: string;
+        };
         /**
          * Problem
          * @description RFC 9457 problem details, used for every error response (4xx and 5xx alike).
@@ -1186,8 +1473,15 @@ export interface components {
             activations: components["schemas"]["ActivationInfo"][];
             /** Costs */
             costs: components["schemas"]["CostInfo"][];
+            /**
+             * Kinds
+             * @description The layer kinds (`layers[i].type`), from the engine's registry.
+             */
+            kinds: components["schemas"]["KindInfo"][];
             /** Layouts */
             layouts: string[];
+            /** Weight Layouts */
+            weight_layouts: string[];
             /** Intermediates */
             intermediates: string[];
             /**
@@ -1378,13 +1672,14 @@ export interface operations {
             };
         };
         responses: {
-            /** @description `format: native`: `result` (or `results` in the batch form). `format: gradescope`: a Gradescope results.json (or `{"results": [...]}`, one per submission). */
+            /** @description `format: native`: `result` (or `results` in the batch form). `format: gradescope` or `prairielearn`: that platform's results.json (or `{"results": [...]}`, one per submission). `format: junit`: JUnit XML, `application/xml`, a testsuite per submission. */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["GradeAnyResponse"];
+                    "application/xml": string;
                 };
             };
             /** @description Malformed JSON. */

@@ -6,13 +6,15 @@ type Schemas = components["schemas"];
 
 export type GradientRequest = Schemas["GradientRequest"];
 export type GradientResponse = Schemas["GradientResponse"];
-export type LayerSpec = Schemas["LayerSpec"];
+/** One layer of any kind (`type`: dense, the default, batchnorm, layernorm, ...). */
+export type LayerSpec = GradientRequest["layers"][number];
 export type GradeRequest = Schemas["GradeRequest"];
 export type GradeResponse = Schemas["GradeResponse"];
 export type GradeResult = Schemas["GradeResult"];
 export type KeyResult = Schemas["KeyResult"];
 export type GradescopeResponse = Schemas["GradescopeResponse"];
 export type GradescopeResults = Schemas["GradescopeResults"];
+export type PrairieLearnResponse = Schemas["PrairieLearnResponse"];
 export type GradientCheckRequest = Schemas["GradientCheckRequest"];
 export type GradientCheckResponse = Schemas["GradientCheckResponse"];
 export type ExplainRequest = Schemas["ExplainRequest"];

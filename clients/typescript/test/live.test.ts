@@ -148,7 +148,7 @@ describe("the client against a live service", { skip: SKIP }, () => {
 
   it("a 422 surfaces every located error through ProblemError", async () => {
     const body = example<GradientRequest>("/v1/gradients", "two_layer_sigmoid_bce");
-    body.layers[0]!.W = [[0.1, -0.2], [0.3]]; // ragged
+    (body.layers[0] as { W: number[][] }).W = [[0.1, -0.2], [0.3]]; // ragged (a dense layer's W)
     body.l2 = -1;
     const error = await rejection(client.gradients(body, { requestId: "ts-422" }));
     assert.equal(error.status, 422);
