@@ -50,7 +50,7 @@ def _requests() -> list[tuple[str, dict]]:
         reqs.append(("/v1/gradients", {**body, "include_caches": i % 2 == 0}))
         reqs.append(("/v1/explain", body))
         reqs.append(("/v1/gradient-check", {**body, "mode": "entries", "samples": 6, "seed": i}))
-    for i, body in enumerate(nets[2:8]):  # the random ones: students' mistakes, graded in every format
+    for i, body in enumerate(nets[len(EXAMPLES):len(EXAMPLES) + 6]):  # the random ones: students' mistakes, every format
         subs = [_wire(student(body, mistake, 1)) for mistake in MISTAKES]
         for fmt in ("native", "gradescope", "prairielearn", "junit"):
             reqs.append(("/v1/grade", {**body, "submissions": subs + [{"dW1": [[0.1], [0.2, 0.3]]}], "format": fmt}))
