@@ -62,7 +62,7 @@ def _requests() -> list[tuple[str, dict]]:
              ("/v1/grade", {**bad, "submission": {"dW7": [[1.0]]}}),
              ("/v1/gradient-check", {**bad, "mode": "entries"}),
              ("/v1/explain", {**bad, "hidden_layer": 9}),
-             ("/v1/layer/forward", {"A_prev": [[1.0]]})]
+             ("/v1/no-such-route", {"A_prev": [[1.0]]})]
     return reqs
 
 

@@ -123,8 +123,11 @@ def test_errors_are_typed_and_carry_every_located_problem(client):
     with pytest.raises(gsc.ValidationError) as chain:
         client.gradients(shapes)
     assert [(e.location, e.type) for e in chain.value.errors] == [("layers[1].W", "shape_mismatch")]
-    with pytest.raises(gsc.NotFound):  # the step routes of a later service
+    with pytest.raises(gsc.NotFound):  # a route of a later service
+        client.post("/v1/no-such-route", {"A_prev": np.ones((2, 2))})
+    with pytest.raises(gsc.ValidationError) as step:  # a generic post reaches the step routes with numpy arrays
         client.post("/v1/layer/forward", {"A_prev": np.ones((2, 2))})
+    assert [(e.location, e.type) for e in step.value.errors] == [("layer", "missing")]
     with pytest.raises(gsc.UnsupportedMediaType) as media:
         client.send("POST", "/v1/gradients", EXAMPLE, headers={"Content-Type": "text/plain"})
     assert media.value.errors[0].location == "header.Content-Type"
