@@ -66,7 +66,10 @@ def format_location(loc: tuple[Any, ...], field_named_last: bool = False) -> str
 
 
 def _is_tag(loc: tuple[Any, ...], i: int) -> bool:
-    """A kind's name right after a layer's index (layers[1].dense): the union tag."""
+    """A kind's name right after a layer's index (layers[1].dense), or after a step route's ``layer``: the union
+    tag."""
+    if i >= 1 and loc[i - 1] == "layer" and loc[i] in KIND_NAMES:
+        return True
     return i >= 2 and loc[i - 2] == "layers" and isinstance(loc[i - 1], int) and loc[i] in KIND_NAMES
 
 
