@@ -108,7 +108,9 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
         f"This needs only the cost's formula, no weights."
         + (" Entries that are not representable in float64 (A_L at exactly 0 or 1 against the label) are null."
            if r.unrepresentable.any() else ""),
-        rf"dA^{{[L]}} = \frac{{\partial \mathcal{{L}}}}{{\partial A^{{[L]}}}} = {pre}{unit.dA_latex}",
+        # The 1/m of the mean convention multiplies the whole derivative: -(...) and A - Y need their parentheses.
+        rf"dA^{{[L]}} = \frac{{\partial \mathcal{{L}}}}{{\partial A^{{[L]}}}} = "
+        + (rf"{pre}\left({unit.dA_latex}\right)" if pre else unit.dA_latex),
         {f"A{L}": AL, "Y": Y, f"dA{L}": dAL}, frozenset({f"A{L}", "Y", f"dA{L}"})))
 
     if act.derivative is not None:
