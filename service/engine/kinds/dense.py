@@ -51,6 +51,9 @@ def check(in_shape, params, hyper, layouts: Layouts, where: str, source: str) ->
             want = W.shape[::-1]
             errors.append(ShapeError("W", f"W is {shape_text(W.shape)} but needs {shape_text(want)}: did you mean "
                                           f"weight_layout {other}?"))
+            # Read on as the other layout holds W, so that b and the layers after this one are checked against
+            # the fix named here rather than reported as more mistakes.
+            n_out = n_w
         elif layouts.weights_in_out:
             errors.append(ShapeError("W", f"W is {shape_text(W.shape)}: it needs {n_in} rows because {source} "
                                           f"(weight_layout in_out holds W as (n_in, n_out))"))
@@ -64,7 +67,10 @@ def check(in_shape, params, hyper, layouts: Layouts, where: str, source: str) ->
 
 
 def source_text(where: str, params, out_shape, layouts: Layouts) -> str:
-    return f"{where}.W has {out_shape[0]} {'columns' if layouts.weights_in_out else 'rows'}"
+    in_out = layouts.weights_in_out
+    if params["W"].shape[1 if in_out else 0] != out_shape[0]:
+        in_out = not in_out  # check read W in the other layout (the fix it named)
+    return f"{where}.W has {out_shape[0]} {'columns' if in_out else 'rows'}"
 
 
 def price(in_shape, out_shape, params, hyper, m: int) -> Price:
