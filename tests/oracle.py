@@ -617,6 +617,34 @@ class KindsCase:
         return out
 
 
+def check_kinds_response(case: KindsCase, body: dict, rtol: float = 1e-10, atol: float = 1e-13) -> None:
+    """Every key of a 200 body of POST /v1/gradients against the oracle, with its shape (assert_close compares
+    shapes); the key sets must be equal."""
+    want = case.expected()
+    assert body["warnings"] == []
+    assert isinstance(body["cost"], float)
+    assert_close(body["cost"], want["cost"], "cost", rtol, atol)
+    assert_close(body["AL"], want["AL"], "AL", rtol, atol)
+    assert set(body["gradients"]) == set(want["gradients"])
+    for key, value in want["gradients"].items():
+        assert_close(body["gradients"][key], value, key, rtol, atol)
+    if "state" in want:
+        assert set(body["state"]) == set(want["state"])
+        for layer, stats in want["state"].items():
+            assert set(body["state"][layer]) == set(BN_STATES)
+            for name, value in stats.items():
+                assert_close(body["state"][layer][name], value, f"state[{layer}].{name}", rtol, atol)
+    else:
+        assert body.get("state") is None
+    if case.include_caches:
+        assert set(body["caches"]) == set(want["caches"])
+        for key, value in want["caches"].items():
+            assert_close(body["caches"][key], value, key, rtol, atol)
+        assert body["caches"][f"A{case.L}"] == body["AL"]
+    else:
+        assert body.get("caches") is None
+
+
 def _choose(rng: np.random.Generator, options: tuple, p: list[float] | None = None):
     return options[int(rng.choice(len(options), p=p))]
 

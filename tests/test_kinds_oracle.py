@@ -4,7 +4,7 @@
 layouts, both conventions, train and test mode, running statistics sent or not, vectors and columns, L2, dropout
 with null masks, m = 1 upwards, every cost including the multiclass hinge): every returned number (cost, AL,
 every d<param><l>, dZ<l>, dA<l>, the caches, the running statistics under ``state``) must match the oracle to
-|got - want| <= 1e-10 |want| + 1e-13 elementwise, in the wire's shapes. The oracle itself is checked against
+|got - want| <= 1e-10 |want| + 1e-13 elementwise, in the wire's shapes (``oracle.check_kinds_response``). The oracle itself is checked against
 torch's own batch_norm, layer_norm and multi_margin_loss. /v1/grade gives the /v1/gradients response full marks.
 """
 
@@ -16,39 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from tests.oracle import (BN_STATES, CONVENTIONS, HIDDEN_ACTIVATIONS, KIND_NAMES, KIND_PAIRINGS, LAYOUTS,
-                          WEIGHT_LAYOUTS, KindLayer, KindsCase, _t, as_array, assert_close, random_kinds_case,
-                          running_statistics, torch_cost, torch_kind)
+                          WEIGHT_LAYOUTS, KindLayer, KindsCase, _t, as_array, assert_close, check_kinds_response,
+                          random_kinds_case, running_statistics, torch_cost, torch_kind)
 
 N_SEEDS = 320
 SEEDS = range(N_SEEDS)
-RTOL, ATOL = 1e-10, 1e-13
-
-
-def check_kinds_response(case: KindsCase, body: dict) -> None:
-    """Every key of a 200 body against the oracle, with its shape (assert_close compares shapes)."""
-    want = case.expected()
-    assert body["warnings"] == []
-    assert isinstance(body["cost"], float)
-    assert_close(body["cost"], want["cost"], "cost", RTOL, ATOL)
-    assert_close(body["AL"], want["AL"], "AL", RTOL, ATOL)
-    assert set(body["gradients"]) == set(want["gradients"])
-    for key, value in want["gradients"].items():
-        assert_close(body["gradients"][key], value, key, RTOL, ATOL)
-    if "state" in want:
-        assert set(body["state"]) == set(want["state"])
-        for layer, stats in want["state"].items():
-            assert set(body["state"][layer]) == set(BN_STATES)
-            for name, value in stats.items():
-                assert_close(body["state"][layer][name], value, f"state[{layer}].{name}", RTOL, ATOL)
-    else:
-        assert body.get("state") is None
-    if case.include_caches:
-        assert set(body["caches"]) == set(want["caches"])
-        for key, value in want["caches"].items():
-            assert_close(body["caches"][key], value, key, RTOL, ATOL)
-        assert body["caches"][f"A{case.L}"] == body["AL"]
-    else:
-        assert body.get("caches") is None
 
 
 @pytest.mark.parametrize("seed", SEEDS)
