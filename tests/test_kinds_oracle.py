@@ -4,8 +4,9 @@
 layouts, both conventions, train and test mode, running statistics sent or not, vectors and columns, L2, dropout
 with null masks, m = 1 upwards, every cost including the multiclass hinge): every returned number (cost, AL,
 every d<param><l>, dZ<l>, dA<l>, the caches, the running statistics under ``state``) must match the oracle to
-|got - want| <= 1e-10 |want| + 1e-13 elementwise, in the wire's shapes (``oracle.check_kinds_response``). The oracle itself is checked against
-torch's own batch_norm, layer_norm and multi_margin_loss. /v1/grade gives the /v1/gradients response full marks.
+|got - want| <= 1e-10 |want| + 1e-13 elementwise, in the wire's shapes (``oracle.check_kinds_response``). The
+oracle itself is checked against torch's own batch_norm, layer_norm and multi_margin_loss. /v1/grade gives the
+/v1/gradients response full marks.
 """
 
 from __future__ import annotations
