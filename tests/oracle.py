@@ -619,8 +619,15 @@ class KindsCase:
 
 def check_kinds_response(case: KindsCase, body: dict, rtol: float = 1e-10, atol: float = 1e-13) -> None:
     """Every key of a 200 body of POST /v1/gradients against the oracle, with its shape (assert_close compares
-    shapes); the key sets must be equal."""
+    shapes); the key sets must be equal.
+
+    The floor for near-zero entries is ``atol`` times the largest |gradient entry| of the case (when above 1):
+    the norms make gradients that are 0 in exact arithmetic (db of a dense layer before a batchnorm, which
+    subtracts the mean; dbeta of a norm before one) and cancellations of terms 1/sqrt(eps) large, and there both
+    sides hold rounding noise of that scale, about 1e-13 of it (seen in 5 of 3000 seeds, with either BLAS kernel).
+    """
     want = case.expected()
+    atol = atol * max(1.0, max(float(np.max(np.abs(v))) for v in want["gradients"].values()))
     assert body["warnings"] == []
     assert isinstance(body["cost"], float)
     assert_close(body["cost"], want["cost"], "cost", rtol, atol)
