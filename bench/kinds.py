@@ -190,11 +190,12 @@ def measure(n_threads: int, quick: bool) -> dict:
     row["rest_engine"] = row["engine"][0] - row["blas_np"][0]
     row["rest_torch"] = row["torch_full"][0] - row["blas_torch"][0]
     print(f"  threads={n_threads}  engine {ms(row['engine'][0]):>7} ms  torch(all grads) {ms(row['torch_full'][0]):>7} "
-          f"ms  torch(params) {ms(row['torch_plain'][0]):>7} ms  ratio {row['ratio']:.2f} (params {row['ratio_plain']:.2f})"
+          f"ms  torch(params) {ms(row['torch_plain'][0]):>7} ms  ratio {row['ratio']:.2f} "
+          f"(params {row['ratio_plain']:.2f})"
           f"  max|diff| {max_abs:.1e} (rel {max_rel:.1e})  others' load {load:.0%}"
           + ("  UNRELIABLE" if load >= BUSY else ""), flush=True)
-    print(f"             products alone: numpy {ms(row['blas_np'][0])} ms, torch {ms(row['blas_torch'][0])} ms; the rest: "
-          f"engine {ms(row['rest_engine'])} ms, torch {ms(row['rest_torch'])} ms", flush=True)
+    print(f"             products alone: numpy {ms(row['blas_np'][0])} ms, torch {ms(row['blas_torch'][0])} ms; "
+          f"the rest: engine {ms(row['rest_engine'])} ms, torch {ms(row['rest_torch'])} ms", flush=True)
     return row
 
 
@@ -263,12 +264,14 @@ def render(runs: list[tuple[str, str, dict]], elapsed: float) -> str:
         "",
     ]
     for title, command, run in runs:
-        lines += [f"## {title}", "", f"Command: `{command}`", ""]
+        lines += [f"## {title}", "", f"Command: `{command}`" + ("" if run is runs[0][2] else
+                                                                 " (run as a child by the command above)"), ""]
         lines.append("- Environment: " + ", ".join(f"`{k}={val}`" if val is not None else f"`{k}` unset"
                                                    for k, val in run["env"].items()))
         for p in run["kernels"]:
             lines.append(f"- threadpoolctl: {p['internal_api']} {p['version'] or ''} ({p['user_api']}, "
-                         f"{p['num_threads']} threads" + (f", kernel **{p['architecture']}**" if p["architecture"] else "")
+                         f"{p['num_threads']} threads"
+                         + (f", kernel **{p['architecture']}**" if p["architecture"] else "")
                          + (f", {p['threading_layer']}" if p["threading_layer"] else "")
                          + f") from `{Path(p['filepath'] or '?').name}`")
         if all(val is None for val in run["env"].values()):
@@ -282,15 +285,17 @@ def render(runs: list[tuple[str, str, dict]], elapsed: float) -> str:
                 f"({ms(r['torch_full'][1])}) | {ms(r['torch_plain'][0])} ({ms(r['torch_plain'][1])}) | "
                 f"{r['ratio']:.2f} (min/min {r['ratio_min']:.2f}) | {r['ratio_plain']:.2f} | "
                 f"{r['max_abs']:.1e} ({r['max_rel']:.1e}) | {load_str(r['load'])} | "
-                f"{'**met**' if r['met'] else '**missed**'} |")
+                f"{'**met**' if r['met'] else '**missed**'}{' (unreliable)' if r['load'] >= BUSY else ''} |")
         lines += ["", "Where the time goes: the dense layers' matrix products alone (forward, dW, dA_prev of the three "
-                      "dense layers), numpy against torch on the same arrays, and the rest (everything else: batchnorm, "
-                      "activations, softmax, cost, bookkeeping).", "",
-                  "| threads | products: numpy | products: torch | numpy / torch | the rest: engine | the rest: torch |",
+                      "dense layers), numpy against torch on the same arrays, and the rest (everything else: "
+                      "batchnorm, activations, softmax, cost, bookkeeping).", "",
+                  "| threads | products: numpy | products: torch | numpy / torch | the rest: engine "
+                  "| the rest: torch |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for r in run["rows"]:
             lines.append(f"| {r['threads']} | {ms(r['blas_np'][0])} | {ms(r['blas_torch'][0])} | "
-                         f"{r['blas_np'][0] / r['blas_torch'][0]:.2f} | {ms(r['rest_engine'])} | {ms(r['rest_torch'])} |")
+                         f"{r['blas_np'][0] / r['blas_torch'][0]:.2f} | {ms(r['rest_engine'])} | "
+                         f"{ms(r['rest_torch'])} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -321,12 +326,13 @@ def main() -> int:
     cmd = "python bench/kinds.py" + (" --quick" if args.quick else "")
     runs = [("In the machine's environment", cmd, here),
             ("Without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE (a child process of the same command)",
-             f"env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE {cmd} (the child the command above runs)", bare)]
+             f"env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE {cmd}", bare)]
     print(SEP)
     for title, _, run in runs:
         for r in run["rows"]:
             print(f"  {title[:40]:40} threads={r['threads']}: engine/torch {r['ratio']:.2f} -> "
-                  f"{'met' if r['met'] else 'MISSED'}")
+                  f"{'met' if r['met'] else 'MISSED'}" + ("  (unreliable: the machine was busy)" if r["load"] >= BUSY
+                                                          else ""))
     if not args.no_write:
         args.out.write_text(render(runs, elapsed))
         print(f"wrote {args.out}")
