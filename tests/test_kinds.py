@@ -590,10 +590,6 @@ def test_dgamma_summed_over_the_wrong_axis_is_diagnosed_when_m_equals_D(post):
     assert graded["dA1"][0] == "correct"
 
 
-@pytest.mark.xfail(strict=True, reason="grade_all runs the mistaken passes only for wrong keys of the reference's "
-                                       "size (service/engine/grading/grade.py), so a dgamma summed over the "
-                                       "examples' axis, (N,) where (D,) is expected, is never compared with the "
-                                       "batchnorm_grads_wrong_axis candidate")
 def test_dgamma_summed_over_the_wrong_axis_is_diagnosed_whatever_its_shape(post):
     student = Student(5)  # N = 5, H = 4: dgamma2 comes back (5,) instead of (4,)
     graded = _grade(post, student, student.run(wrong_axis=True))
@@ -732,8 +728,10 @@ def test_v1_lists_each_kind_with_its_fields(client):
 def test_openapi_documents_each_kinds_fields(client):
     """Beyond test_openapi's union by type: the defaults, bounds and which fields a kind requires."""
     schemas = orjson.loads(client.get("/openapi.json").data)["components"]["schemas"]
-    mapping = schemas["GradientRequest"]["properties"]["layers"]["items"]["discriminator"]["mapping"]
-    layer = {name: schemas[ref.rsplit("/", 1)[1]] for name, ref in mapping.items()}
+    refs = [item["$ref"] for item in schemas["GradientRequest"]["properties"]["layers"]["items"]["oneOf"]]
+    models = [schemas[ref.rsplit("/", 1)[1]] for ref in refs]
+    layer = {model["properties"]["type"]["const"]: model for model in models}
+    assert set(layer) == set(KINDS)
     assert "activation" in layer["dense"]["required"]
     bn = layer["batchnorm"]
     assert "activation" not in bn["required"] and bn["properties"]["activation"]["default"] == "linear"
