@@ -88,7 +88,10 @@ def explain_input(h: int, params, hyper) -> InputStory:
                f"flows back through W{h + 1}: ",
         rule=f"dA{h} = W{h + 1}^T dZ{h + 1}",
         latex=r"dA^{[l]} = W^{[l+1]T} dZ^{[l+1]}",
-        values={f"W{h + 1}": params["W"]})
+        values={f"W{h + 1}": params["W"]},
+        through="the next layer, Z_(l+1) = W_(l+1) A_l + b_(l+1), so its gradient is the next layer's dZ sent back "
+                "through the weights, W_(l+1)^T dZ_(l+1)",
+        through_latex=r"\frac{\partial J}{\partial A^{[l]}} = W^{[l+1]T}\,\frac{\partial J}{\partial Z^{[l+1]}}")
 
 
 DENSE = register(Kind(
