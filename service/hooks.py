@@ -85,7 +85,8 @@ def install(app: Flask, settings: Settings) -> None:
             if g.caller is None:
                 raise Unauthorized("the API key is not valid")
         caller = g.get("caller")
-        if caller is not None and caller.policy.routes is not None and _is_protected(path) and path not in caller.policy.routes:
+        if (caller is not None and caller.policy.routes is not None and _is_protected(path)
+                and path not in caller.policy.routes):
             raise InvalidRequest([ErrorItem(location="path", type="policy_forbidden",
                                             message=f"this key's policy {caller.policy_name!r} allows only "
                                                     f"{', '.join(caller.policy.routes)}")],

@@ -257,6 +257,9 @@ def parse(raw: bytes, header_length: str | None, caps: json_body.Structure) -> I
         raise _malformed("id", "id must be a string")
     if header.get("model_name", MODEL) != MODEL:
         raise _malformed("model_name", f"the body names the model {header['model_name']!r}, the path {MODEL!r}")
+    if header.get("model_version", MODEL_VERSION) != MODEL_VERSION:
+        raise _malformed("model_version", f"the body names the version {header['model_version']!r}; the model's "
+                                          f"is {MODEL_VERSION!r}")
     parameters = _object(header.get("parameters", {}), "parameters")
     binary_output = parameters.get(BINARY_OUTPUT, False)
     if not isinstance(binary_output, bool):
@@ -358,8 +361,9 @@ def _frame(tensors: list[Tensor], body_size: int, json_end: int, has_header: boo
                              f"input {t.name}: binary_data_size is {t.size} bytes but shape {list(t.shape)} of "
                              f"{t.datatype} takes {t.count} x {itemsize} = {t.count * itemsize}")
         if offset + t.size > body_size:
-            raise _malformed("body", f"input {t.name}'s {t.size} bytes run past the end of the body: {body_size - offset}"
-                                     f" bytes are left after the JSON header and the binary inputs before it")
+            raise _malformed("body", f"input {t.name}'s {t.size} bytes run past the end of the body: "
+                                     f"{body_size - offset} bytes are left after the JSON header and the binary "
+                                     "inputs before it")
         t.offset = offset
         offset += t.size
     if offset != body_size:
@@ -606,7 +610,8 @@ def _inputs_doc(request: dict, dropout: dict) -> list[dict]:
                                                                                        FLOATS), required=True)
             for n in BODY_TENSORS]
     for field in TENSOR_FIELDS:
-        owners = [(kind, item) for kind in KINDS.values() for item in (*kind.params, *kind.states) if item.name == field]
+        owners = [(kind, item) for kind in KINDS.values() for item in (*kind.params, *kind.states)
+                  if item.name == field]
         kind, item = owners[0]
         docs.append(_tensor_doc(
             f"{field}<l>", f"Layer l's {field}: {item.description}", set().union(*(set(i.ranks) for _, i in owners)),
