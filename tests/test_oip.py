@@ -562,3 +562,42 @@ def test_model_metadata_lists_the_registries(oclient):
     assert params["type<l>"]["enum"] == list(KINDS) and params["type<l>"]["default"] == "dense"
     assert {"layout", "weight_layout", "l2", "intermediates", "include_caches", "keep_prob", "activation<l>",
             "negative_slope<l>", "binary_data_output"} <= set(params)
+
+
+def test_a_large_json_request_takes_the_dense_decoder_and_gives_the_same_numbers(oclient):
+    """Over 4 MiB of short numbers, the JSON header's tensors are parsed by json_dense straight into arrays (no
+    Python float per number): the same numbers, and a NaN token there still located."""
+    from service.wire import json_body
+
+    rng = np.random.default_rng(2)
+    m = 100_000
+    body = {"layers": [{"W": [[0.5, -0.5] * 6], "b": [[0.1]], "activation": "sigmoid"}],
+            "X": np.round(rng.standard_normal((12, m)), 1), "Y": (rng.random((1, m)) > 0.5).astype(float),
+            "cost": "binary_cross_entropy"}
+    tensors, parameters = split(body)
+    data, headers = encode(tensors, parameters, binary=False, outputs=["cost", "dW1", "db1"])
+    assert json_body.is_dense(data)
+    want = v1_outputs(v1(oclient, body))
+    status, (header, arrays), _ = infer(oclient, data, headers)
+    assert status == 200 and all(same_bits(arrays[k], want[k]) for k in arrays)
+    x_data = data.index(b'"name":"X"')
+    bad = data[:x_data] + data[x_data:].replace(b",0.1,", b",NaN,", 1)
+    status, text, _ = infer(oclient, bad)
+    assert status == 422 and "X[" in text and "expected a finite number" in text, text
+
+
+def test_an_unexpected_failure_is_a_500_in_the_protocols_body_without_a_traceback(oclient, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(engine, "compute", boom)
+    status, text, r = infer(oclient, *encode(*_valid()))
+    assert status == 500 and text == "the service failed to handle this request; it has been logged"
+    assert "secret" not in r.get_data(as_text=True)
+
+
+def test_overflow_names_the_layer_in_the_protocols_names(oclient):
+    tensors, parameters = _valid()
+    status, text, _ = infer(oclient, *encode({**tensors, "W1": np.full((3, 2), 1e308), "X": np.full((2, 4), 1e308)},
+                                             {**parameters, "activation1": "linear"}))
+    assert status == 422 and text.startswith("layer 1: the forward pass overflows float64 at Z1"), text
