@@ -409,13 +409,12 @@ def _json_array(t: Tensor) -> Any:
     if isinstance(data, NullEntries):
         return NullEntries(data.array.reshape(t.shape))
     if isinstance(data, np.ndarray):
+        if t.datatype.startswith("INT") and not np.array_equal(data, np.floor(data)):
+            _not_integers(t, int(np.argmax(data.reshape(-1) != np.floor(data.reshape(-1)))), data.reshape(-1))
         return data.reshape(t.shape).astype(np.float32) if t.datatype == "FP32" else data.reshape(t.shape)
     types = set(map(type, data))
     if t.datatype.startswith("INT") and float in types:
-        k, value = next((k, v) for k, v in enumerate(data) if type(v) is float)
-        index = "".join(f"[{int(i)}]" for i in np.unravel_index(k, t.shape))
-        raise InvalidRequest([ErrorItem(location=f"{t.name}{index}", type="int_type",
-                                        message=f"{t.name} is {t.datatype}: its entries are integers; got {value!r}")])
+        _not_integers(t, next(k for k, v in enumerate(data) if type(v) is float), data)
     if types <= {int, float}:
         try:
             with np.errstate(over="ignore"):  # an FP32 entry beyond float32 becomes inf, refused as not finite
@@ -423,6 +422,12 @@ def _json_array(t: Tensor) -> Any:
         except OverflowError:  # an integer beyond float64: the validator locates it
             pass
     return _nest(data, t.shape)
+
+
+def _not_integers(t: Tensor, k: int, flat) -> None:
+    index = "".join(f"[{int(i)}]" for i in np.unravel_index(k, t.shape))
+    message = f"{t.name} is {t.datatype}: its entries are integers; got {float(flat[k])!r}"
+    raise InvalidRequest([ErrorItem(location=f"{t.name}{index}", type="int_type", message=message)])
 
 
 def _nest(flat: list, shape: tuple[int, ...]) -> list:
