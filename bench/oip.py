@@ -22,7 +22,10 @@ reset through /proc/<pid>/clear_refs first), against the raw tensor bytes in and
 Targets (issue 11): binary handling at least 5x lower than json's; binary handling at most 1.3x the floor; peak
 worker memory at most 3x the raw tensor bytes in and out.
 
-    python bench/oip.py [--requests 20] [--no-write] [--out bench/oip_results.md]
+    python bench/oip.py [--rounds 4] [--per-round 5] [--no-write] [--out bench/oip_results.md]
+
+It writes the full record to bench/oip_results.md and the figures into the README's *Speed* section (between its
+oip:results markers); --no-write prints only.
 
 Traffic goes to 127.0.0.1 only; gunicorn is stopped by its PID at the end.
 """
@@ -39,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -260,6 +264,54 @@ def report(stats: dict, memory: dict, sizes: dict, info: dict, load: float, args
     return "\n".join(lines) + "\n"
 
 
+README = ROOT / "README.md"
+README_BLOCK = re.compile(r"(<!-- oip:results:start -->\n)(.*?)(<!-- oip:results:end -->)", re.S)
+
+
+def readme_block(stats: dict, memory: dict, sizes: dict, info: dict, load: float) -> str:
+    """The README's figures (its *Speed* section), from this run."""
+    cpu = "Intel Xeon" if "Xeon" in info["cpu"] else info["cpu"]
+    busy = (f"the shared development machine while other work took {load:.0%} of its CPU (flagged unreliable; the "
+            f"command is for an idle machine)" if load >= 0.05 else "an otherwise idle machine")
+    json_h, floor = stats["json"]["handling"], stats["floor"]["whole"]
+    b, a = stats["binary"]["handling"], stats["binary, aligned"]["handling"]
+    bound = sizes["raw_in"] + sizes["raw_out"]
+
+    def met(ok: bool) -> str:
+        return "**met**" if ok else "**missed**"
+
+    def row(label: str, s: dict, engine: bool = True) -> str:
+        engine_ms = ms(s["engine"]) + " ms" if engine else "-"
+        return f"| {label} | {ms(s['whole'])} ms | {engine_ms} | {ms(s['handling'])} ms |"
+
+    lines = [
+        f"bench/run.py's ~1M-float request end to end through gunicorn (one worker) over loopback, measured on "
+        f"{info['date']} on {busy}: {cpu}, {info['cores']} cores, {info['memory']}, Python {info['python']}, numpy "
+        f"{info['versions']['numpy']}, commit {info['commit']}.", "",
+        "| variant | whole | engine | handling = whole - engine |", "|---|---|---|---|",
+        row(f"JSON, `POST /v1/gradients` ({sizes['json_body'] / MiB:.1f} MiB in, {sizes['json_response'] / MiB:.1f} "
+            f"MiB out)", stats["json"]),
+        row(f"binary OIP, header as a client writes it ({sizes['raw_in'] / MiB:.1f} MiB in, "
+            f"{sizes['raw_out'] / MiB:.1f} MiB out)", stats["binary"]),
+        row("binary OIP, header padded to 8 bytes (tensors used in place)", stats["binary, aligned"]),
+        row("floor: the same bytes through a do-nothing route of the same app, frombuffer and tobytes",
+            stats["floor"], engine=False), "",
+        f"Binary handling is **{json_h / b:.1f}x lower** than JSON's ({json_h / a:.1f}x aligned; target at least "
+        f"{TARGET_VS_JSON:g}x: {met(min(json_h / b, json_h / a) >= TARGET_VS_JSON)}) and "
+        f"**{b / floor:.2f}x the floor** "
+        f"({a / floor:.2f}x aligned; target at most {TARGET_VS_FLOOR:g}x: "
+        f"{met(max(b, a) / floor <= TARGET_VS_FLOOR)}; the misaligned copy of X is most of the difference). Peak "
+        f"worker memory for the request, in a fresh worker: **{memory['binary'] / MiB:.1f} MiB, "
+        f"{memory['binary'] / bound:.2f}x** the raw tensors in and out ({bound / MiB:.1f} MiB; "
+        f"{memory['binary, aligned'] / MiB:.1f} MiB, {memory['binary, aligned'] / bound:.2f}x aligned; target at most "
+        f"{TARGET_MEMORY:g}x: {met(max(memory['binary'], memory['binary, aligned']) <= TARGET_MEMORY * bound)}), "
+        f"against {memory['json'] / MiB:.1f} MiB ({memory['json'] / bound:.1f}x) for the JSON route.",
+    ]
+    wrap = {0, len(lines) - 1}  # the prose, wrapped as the README is; the table rows stay whole
+    return "\n".join(textwrap.fill(line, 115, break_long_words=False, break_on_hyphens=False) if i in wrap else line
+                     for i, line in enumerate(lines)) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4)
@@ -291,11 +343,15 @@ def main() -> None:
         for name in ("binary", "binary, aligned", "json"):
             (Path(tmp) / name).mkdir()
             memory[name] = peak_memory(Path(tmp) / name, *requests[name])
-    text = report(summary(rows), memory, sizes, info, load.others, args)
+    stats = summary(rows)
+    text = report(stats, memory, sizes, info, load.others, args)
     print(text)
     if not args.no_write:
         args.out.write_text(text)
-        print(f"written to {args.out}")
+        readme = README.read_text()
+        block = readme_block(stats, memory, sizes, info, load.others)
+        README.write_text(README_BLOCK.sub(lambda m: m.group(1) + block + m.group(3), readme, count=1))
+        print(f"written to {args.out} and the README's Speed section")
 
 
 def _args(request: tuple) -> tuple:
