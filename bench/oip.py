@@ -300,7 +300,7 @@ def readme_block(stats: dict, memory: dict, sizes: dict, info: dict, load: float
         f"{TARGET_VS_JSON:g}x: {met(min(json_h / b, json_h / a) >= TARGET_VS_JSON)}) and "
         f"**{b / floor:.2f}x the floor** "
         f"({a / floor:.2f}x aligned; target at most {TARGET_VS_FLOOR:g}x: "
-        f"{met(max(b, a) / floor <= TARGET_VS_FLOOR)}; the misaligned copy of X is most of the difference). Peak "
+        f"{met(max(b, a) / floor <= TARGET_VS_FLOOR)}). Peak "
         f"worker memory for the request, in a fresh worker: **{memory['binary'] / MiB:.1f} MiB, "
         f"{memory['binary'] / bound:.2f}x** the raw tensors in and out ({bound / MiB:.1f} MiB; "
         f"{memory['binary, aligned'] / MiB:.1f} MiB, {memory['binary, aligned'] / bound:.2f}x aligned; target at most "
