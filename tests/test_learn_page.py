@@ -238,6 +238,8 @@ def test_a_shared_url_restores_the_same_state(browser, served):
     weight.press("Enter")
     first.wait(2)
     first.cell("#bwd-1", "dZ1", "1,2").click()
+    # The fragment is written after the state is compressed (CompressionStream is asynchronous): wait for it.
+    page.wait_for_function("location.hash.includes('sel=dZ1')", timeout=10_000)
     url = page.url
     assert "#net=" in url and "sel=dZ1" in url
     shown = {k: first.cell("#bwd-1", k, "1,2").get_attribute("data-value") for k in ("dZ1", "dA1")}
