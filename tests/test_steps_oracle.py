@@ -101,6 +101,24 @@ def test_layer_backward_matches_torch(send, kind, mode):
 
 
 @pytest.mark.parametrize("kind,mode", GROUPS)
+def test_the_cached_Z_is_used_as_sent(send, kind, mode):
+    """Where the cache's Z is not the layer of A_prev, the route's dZ is dA * g'(Z sent) (the oracle above), and
+    not what the consistent cache gives: leaving Z out changes the answer."""
+    cases = [c for c in _backward_cases(kind, mode) if c.Z is not None and c.wl.layer.activation != "linear"]
+    changed = 0
+    for case in cases:
+        status, sent = send("/v1/layer/backward", case.body())
+        assert status == 200, sent
+        so.check_backward(case, sent)
+        case.Z = None
+        status, consistent = send("/v1/layer/backward", case.body())
+        so.check_backward(case, consistent)
+        # (a one-unit softmax, or a ReLU negative at both, has g'(Z) = 0 either way)
+        changed += not np.allclose(so.as_array(sent["dZ"]), so.as_array(consistent["dZ"]))
+    assert changed >= 10, f"only {changed} of {len(cases)} cases tell the cached Z from the consistent one"
+
+
+@pytest.mark.parametrize("kind,mode", GROUPS)
 def test_layer_cases_cover_the_contract(kind, mode):
     """The seeds above exercise what the issue lists, for each kind (so the suite cannot go blind)."""
     fwd, bwd = _forward_cases(kind, mode), _backward_cases(kind, mode)
