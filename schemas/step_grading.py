@@ -50,15 +50,22 @@ def flatten(body: dict, prefix: str = "") -> dict[str, Array]:
 
 
 def _dotted(value: Any, prefix: str = "") -> dict[str, Any]:
-    """A submission's nested objects as dotted keys, values untouched (validated next)."""
+    """A submission's nested objects as dotted keys, values untouched (validated next). What ``flatten`` leaves
+    out of a response is left out here too, so that the response fed back grades: nulls (``t`` of an optimizer
+    without one) and lists of objects (``warnings``, empty or not)."""
     out: dict[str, Any] = {}
     for key, item in value.items():
         name = f"{prefix}{key}"
         if isinstance(item, dict) and item:
             out.update(_dotted(item, name + "."))
-        elif not isinstance(item, dict):
+        elif not (isinstance(item, dict) or item is None or _objects(item)):
             out[name] = item
     return out
+
+
+def _objects(item: Any) -> bool:
+    """An empty list or a list of objects: never a graded value (those hold numbers)."""
+    return isinstance(item, list) and (not item or all(isinstance(v, dict) for v in item))
 
 
 # One student's values for a one-step task, keyed by the route's response names.

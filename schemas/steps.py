@@ -231,11 +231,13 @@ class LayerBackwardResponse(BaseModel):
 
 
 def _cache_value(value: np.ndarray, prep: LayerPrep) -> np.ndarray:
-    """A cache value in wire form: per feature (one entry per feature, (D, 1)) in the shape of the parameter it
-    matches as sent; otherwise per example, in the layout."""
-    for p in prep.layer.unit.params:
-        if prep.layer.params[p.name].shape == value.shape and value.shape[-1] == 1:
-            return np.ascontiguousarray(p.to_wire(value, prep.sent[p.name], prep.layouts))
+    """A cache value in wire form: per feature (1-D, (D,)) in the shape of the parameter of D entries as sent;
+    otherwise ((rows, m), per example) in the layout."""
+    if value.ndim == 1:
+        for p in prep.layer.unit.params:
+            if prep.layer.params[p.name].size == value.size:
+                return np.ascontiguousarray(p.to_wire(value.reshape(prep.layer.params[p.name].shape),
+                                                      prep.sent[p.name], prep.layouts))
     return to_wire(value, prep.layouts)
 
 
@@ -531,7 +533,7 @@ def prepare_network(req: NetworkBackwardRequest, limits: Limits) -> NetworkPrep:
 
 def _upstream(req: NetworkBackwardRequest, want, layouts: Layouts, errors: list[ErrorItem]) -> np.ndarray | None:
     """dA_L in the engine's form: as sent, or the cost's formula of AL as sent (no domain check: the course's test
-    case has AL > 1)."""
+    case has AL > 1), times 1/m under ``intermediates`` mean."""
     if (req.dAL is None) == (req.AL is None):
         errors.append(ErrorItem(location="dAL", type="output_form", message=(
             "send exactly one of dAL and AL" if req.dAL is not None else
@@ -561,7 +563,8 @@ def _upstream(req: NetworkBackwardRequest, want, layouts: Layouts, errors: list[
                                 message=f"dAL is infinite where AL is exactly {AL[k, i]:g} against the label "
                                         f"{Y[k, i]:g}: send dAL itself"))
         return None
-    return dAL
+    # Under `mean` dA_L is dJ/dA_L, as /v1/cost and /v1/gradients return it: the 1/m is in it.
+    return dAL * (1.0 / AL.shape[1]) if req.intermediates == "mean" else dAL
 
 
 def network_backward_to_wire(result: steps.CachedBackward, prep: NetworkPrep) -> dict:

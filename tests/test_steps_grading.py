@@ -40,14 +40,14 @@ def post():
 
 def flat(body: dict, prefix: str = "") -> dict[str, np.ndarray]:
     """A response (or a submission) as the grader's dotted keys: nested objects joined by dots, nulls and lists of
-    objects left out."""
+    objects (an empty one too: the cost's warnings) left out."""
     out = {}
     for k, v in body.items():
         if isinstance(v, dict):
             out.update(flat(v, f"{prefix}{k}."))
         elif isinstance(v, (int, float, np.ndarray)) and not isinstance(v, bool):
             out[f"{prefix}{k}"] = np.asarray(v, dtype=np.float64)
-        elif isinstance(v, list) and (not v or not isinstance(v[0], dict)):
+        elif isinstance(v, list) and v and not isinstance(v[0], dict):
             out[f"{prefix}{k}"] = so.as_array(v)
     return out
 
@@ -182,7 +182,7 @@ def test_each_optimizer_mistake_is_diagnosed(post, optimizer, convention, mistak
     also = {"uncorrected_moments_in_update": ("bias_correction_missing",),
             "bias_correction_missing": ("uncorrected_moments_in_update",)}.get(mistake, ())
     assert_diagnosed(result, right, wrong, mistake, also)
-    # the batch form: the route's response (its null t left out: see the xfail below) and the mistake
+    # the batch form: the route's response (its null t left out here; fed back whole below) and the mistake
     fed_back = {k: v for k, v in right.items() if v is not None}
     first, second = post("/v1/grade", {**body, "task": "optimizer_step", "submissions": [fed_back, wrong]})["results"]
     assert first["score"] == first["max_score"] and not first["diagnoses"]
@@ -210,11 +210,6 @@ def test_the_scheduled_decay_without_its_floor_is_diagnosed(post, optimizer, con
     assert graded(result)["learning_rate"]["diagnosis"]["code"] == "decay_without_floor"
 
 
-@pytest.mark.xfail(strict=True, reason="service weakness: params updated with the uncorrected moments give the "
-                                       "same params as bias_correction_missing; the tie goes to the first "
-                                       "registered ('this one fits best') although the submission's correct "
-                                       "v_corrected/s_corrected rule bias_correction_missing out "
-                                       "(service/engine/grading: hypotheses ranked per key, not across keys)")
 def test_uncorrected_moments_in_update_wins_when_the_corrected_moments_are_right(post):
     body = optimizer_body("adam", "deeplearning_ai")
     wrong = student_optimizer(body, "uncorrected_moments_in_update")
@@ -422,26 +417,7 @@ def _bodies() -> dict[str, list[dict]]:
 
 
 BODIES = _bodies()
-WARNINGS_BUG = pytest.mark.xfail(strict=True, reason="service bug: /v1/cost returns \"warnings\": [] and the "
-                                                    "grader refuses submission.warnings (422 too_short: an empty "
-                                                    "array), so the cost response fed back does not score "
-                                                    "(schemas/step_grading.py StepSubmission)")
-BATCHNORM_500 = pytest.mark.xfail(strict=True, reason="service bug: /v1/grade with task network_backward and a "
-                                                      "batchnorm layer is a 500 (KeyError 'running_mean' in "
-                                                      "service/engine/grading/reference.py reference_arrays: "
-                                                      "_network_reference's Result has empty states)")
-
-
-def _has_batchnorm(body: dict) -> bool:
-    return any(layer.get("type") == "batchnorm" for layer in body.get("layers", ()))
-
-
-def _marks(task: str, body: dict):
-    return WARNINGS_BUG if task == "cost" else BATCHNORM_500 if _has_batchnorm(body) else ()
-
-
-FEEDBACK = [pytest.param(task, i, marks=_marks(task, body))
-            for task, bodies in BODIES.items() for i, body in enumerate(bodies)]
+FEEDBACK = [(task, i) for task, bodies in BODIES.items() for i in range(len(bodies))]
 
 
 @pytest.mark.parametrize("task,i", FEEDBACK)
@@ -465,10 +441,6 @@ def _fed_back_scores_full_marks(post, task: str, body: dict, strip: tuple[str, .
     assert [(r["score"], r["max_score"]) for r in batch] == [(single["max_score"], single["max_score"])] * 2
 
 
-@pytest.mark.xfail(strict=True, reason="service bug: sgd, momentum and rmsprop return \"t\": null, and the "
-                                       "grader refuses submission.t as an unknown key (422), so their response "
-                                       "fed back does not score (schemas/step_grading.py: nulls of the response "
-                                       "that the reference leaves out)")
 @pytest.mark.parametrize("optimizer", [o for o, unit in OPTIMIZERS.items()
                                        if unit.rules["deeplearning_ai"].t_used is None])
 def test_the_response_of_an_optimizer_without_t_scores_full_marks(post, optimizer):
@@ -479,7 +451,6 @@ def test_the_response_of_an_optimizer_without_t_scores_full_marks(post, optimize
     assert result["score"] == result["max_score"]
 
 
-@BATCHNORM_500
 def test_grading_a_network_with_a_batchnorm_layer_is_not_a_500(post):
     body = {"layers": [{"type": "batchnorm", "gamma": [1.0, 2.0], "beta": [0.0, 0.5]}],
             "caches": [{"A_prev": [[1.0, 2.0, 4.0], [0.0, 1.0, 3.0]]}], "dAL": [[1.0, 0.0, -1.0], [0.5, 0.5, 0.0]]}
@@ -519,9 +490,8 @@ def _documents(fmt: str, out, batch: bool) -> list:
 @pytest.mark.parametrize("task", list(TASKS))
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_full_marks_in_every_format(post, task, fmt):
-    body = next(b for b in reversed(BODIES[task]) if not _has_batchnorm(b))
+    body = BODIES[task][-1]
     response = post(TASKS[task].path, body)
-    response.pop("warnings", None)  # the cost's: see WARNINGS_BUG
     n = len(flat(response))
     for batch in (False, True):
         form = {"submissions": [response] * 3} if batch else {"submission": response}

@@ -80,9 +80,6 @@ def test_layer_forward_matches_torch(send, kind, mode):
 
 
 @pytest.mark.parametrize("kind,mode", [g for g in GROUPS if g[0] != "dense"])
-@pytest.mark.xfail(strict=True, reason="service bug: with m = 1 a per-example cache value (xhat, (D, 1)) is taken "
-                                       "for a per-feature one and returned in gamma's shape, not in the layout "
-                                       "(schemas/steps.py _cache_value)")
 def test_layer_forward_one_example_keeps_the_layout(send, kind, mode):
     cases = [c for c in (so.random_layer_case(seed, kind, ACTS, mode=mode) for seed in range(400)) if c.m == 1]
     assert len(cases) >= 10
@@ -148,8 +145,8 @@ KIND_LIST, COST_LIST = list(KINDS), list(COSTS)
 
 
 def _network_cases(kind: str) -> list[so.NetworkCase]:
-    # AL under `mean` is test_network_backward_from_AL_follows_the_convention (a service bug, xfail): the random
-    # cases send AL with per_example only.
+    # AL under `mean` is test_network_backward_from_AL_follows_the_convention: the random cases send AL with
+    # per_example only.
     return [so.random_network_case(seed, kind, KIND_LIST, ACTS, COST_LIST) for seed in range(N_CASES)]
 
 
@@ -174,9 +171,6 @@ def test_network_cases_cover_the_contract(kind):
     assert any(c.l2 > 0 for c in cases) and any(c.m == 1 for c in cases)
 
 
-@pytest.mark.xfail(strict=True, reason="service bug: with AL, Y and cost under intermediates `mean`, /v1/network/"
-                                       "backward uses the per-example dA_L (no 1/m), so every gradient is m times "
-                                       "dJ/d. (schemas/steps.py _upstream)")
 def test_network_backward_from_AL_follows_the_convention(send):
     """Under `mean` dA_L derived from AL is dJ/dA_L = (1/m) d sum_i loss_i / dA_L, as /v1/cost and /v1/gradients
     return it; the gradients of the parameters are then the same in both conventions."""

@@ -183,13 +183,15 @@ def _candidates(ref: Reference, name: str, tol: Tolerance) -> Iterator[_Prepared
     return cached
 
 
-def diagnose(ref: Reference, name: str, s: Array, tol: Tolerance) -> Diagnosis | None:
+def diagnose(ref: Reference, name: str, s: Array, tol: Tolerance,
+             correct: frozenset[str] = frozenset()) -> Diagnosis | None:
     """The mistake the wrong submission ``s`` of key ``name`` points to, or None when no hypothesis fits.
 
     ``s``: the submitted array (reference form; already reshaped to the reference's shape when they differ only
     by length-1 axes; NaN for null entries, which fit nothing). Mistaken passes are tested only when
     ``run_variants`` ran them for ``name``. Evidence always has ``max_abs_error_under_hypothesis`` and ``ratio``
-    (least squares s ~ ratio * reference) when it is defined.
+    (least squares s ~ ratio * reference) when it is defined. Of hypotheses that fit ``name`` alike, one that
+    would have changed a key the submission got right (``correct``) is ruled out by it and ranks last.
     """
     R = ref.arrays[name]
     fits: list[tuple[float, int, _Candidate]] = []
@@ -203,6 +205,8 @@ def diagnose(ref: Reference, name: str, s: Array, tol: Tolerance) -> Diagnosis |
     if not fits:
         return _scaled(ref, name, s, tol)
     fits.sort(key=lambda f: (f[0], f[1]))
+    if len(fits) > 1 and correct:
+        fits.sort(key=lambda f: _ruled_out(ref, f[2], correct, tol))  # stable: the fit's order otherwise
     score, _, best = fits[0]
     others = tuple(dict.fromkeys(f[2].code for f in fits[1:] if f[2].code != best.code))
     evidence = dict(best.evidence)
@@ -218,6 +222,12 @@ def diagnose(ref: Reference, name: str, s: Array, tol: Tolerance) -> Diagnosis |
     if others:
         message += f" (also consistent with: {', '.join(others)}; this one fits best)"
     return Diagnosis(best.code, message, best.layer, evidence, others, tuple(fitted))
+
+
+def _ruled_out(ref: Reference, cand: _Candidate, correct: frozenset[str], tol: Tolerance) -> bool:
+    """Whether the hypothesis gives another value than the reference for a key the submission got right."""
+    return any(p.candidate.code == cand.code and p.candidate.layer == cand.layer
+               for k in correct for p in _candidates(ref, k, tol))
 
 
 def _all_close(a: Array, b: Array, tol: Tolerance) -> bool:

@@ -49,8 +49,9 @@ def _compare_key(ref: Reference, name: str, s: Array, tol: Tolerance, lenient_sh
 
 
 def _finish_key(ref: Reference, name: str, s: Array | None, cmp: Comparison | None, tol: Tolerance,
-                points: float, lenient_shapes: bool) -> KeyGrade:
-    """The grade of one compared key: notes, and the diagnosis of a wrong one."""
+                points: float, lenient_shapes: bool, correct: frozenset[str] = frozenset()) -> KeyGrade:
+    """The grade of one compared key: notes, and the diagnosis of a wrong one (``correct``: the submission's
+    right keys, which rule hypotheses out)."""
     if s is None:
         return KeyGrade(name, "missing", points, 0.0, None, None, (f"{name} was not submitted",))
     R = ref.arrays[name]
@@ -78,7 +79,7 @@ def _finish_key(ref: Reference, name: str, s: Array | None, cmp: Comparison | No
                      f"1e308, or far from a reference entry near 0), so it is not reported")
     if _needs_diagnosis(cmp) and diagnosis is None:
         values = s.reshape(R.shape) if cmp.reshaped else s
-        diagnosis = diagnose(ref, name, values, tol)
+        diagnosis = diagnose(ref, name, values, tol, correct)
         if diagnosis is None:
             skipped = [h for h in ref.skipped if h.affects(name)]
             if skipped:
@@ -135,7 +136,8 @@ def grade_all(ref: Reference, submissions: list[dict[str, Array]], tol: Toleranc
     ref.prepare(wrong)
     grades = []
     for rows in compared:
-        keys = [_finish_key(ref, name, s, cmp, tol, pts, lenient_shapes) for name, s, cmp, pts in rows]
+        correct = frozenset(name for name, _, cmp, _ in rows if cmp is not None and cmp.status == "correct")
+        keys = [_finish_key(ref, name, s, cmp, tol, pts, lenient_shapes, correct) for name, s, cmp, pts in rows]
         summary: dict[tuple[str, int | None], tuple[Diagnosis, list[str]]] = {}
         for kg in keys:
             if kg.diagnosis is not None:

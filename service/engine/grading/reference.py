@@ -81,6 +81,8 @@ def reference_arrays(result: Result, layers: list[Layer], sent: list[dict[str, A
         arrays[keys.dA(l)] = result.dA[l]
     for l, layer in enumerate(layers, start=1):
         for s in layer.unit.states:
+            if s.name not in result.state[l - 1]:
+                continue  # a pass that left the running statistics alone (backward from the learner's caches)
             arrays[keys.state(s.name, l)] = s.to_wire(result.state[l - 1][s.name], sent[l - 1].get(s.name), layouts)
     return arrays
 

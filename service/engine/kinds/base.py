@@ -154,7 +154,9 @@ class Kind:
     what fixed its input size (``layers[0].W has 3 rows``); ``source_text(where, params, out_shape)`` says what
     fixes this layer's output size, for the next layer's errors. ``price(in_shape, out_shape, params, hyper, m)``.
     ``new_state(cache, hyper, state)`` returns the updated running statistics (kinds with ``states``).
-    ``cache_values(cache)`` names what the cache holds for a learner (``xhat``, ``mean``, ``var``).
+    ``cache_values(cache)`` names what the cache holds for a learner (``xhat``, ``mean``, ``var``): a value with
+    one entry per feature is 1-D ``(D,)`` (sent back in its parameter's shape), any other is 2-D like the
+    activations ``(rows, m)`` (sent back in the layout), so that m = 1 cannot confuse the two.
     ``explain_input(h, params, hyper)``: how dA_h flows back through this kind (the layer h + 1), for explain.
     ``default_activation``: None when ``activation`` must be sent. ``source_text`` also takes the layouts."""
 
