@@ -164,8 +164,9 @@ BATCHNORM = register(Kind(
         backward="dx = (gamma / (m sigma)) (m dout - sum dout - xhat sum(dout xhat)) in train mode; "
                  "dout gamma / sqrt(running_var + eps) in test mode",
         backward_latex=r"dx = \frac{\gamma}{m\sigma}\left(m\,dy - \sum_i dy - \hat{x}\sum_i dy\,\hat{x}\right)",
-        grads={"gamma": ("dgamma = sum over examples of dout xhat", r"d\gamma = \sum_i dy\,\hat{x}"),
-               "beta": ("dbeta = sum over examples of dout", r"d\beta = \sum_i dy")},
+        grads={"gamma": ("dgamma = (1/m) sum over examples of dZ xhat (dZ = dout per example)",
+                         r"d\gamma = \frac{1}{m} \sum_i dZ\,\hat{x}"),
+               "beta": ("dbeta = (1/m) sum over examples of dZ", r"d\beta = \frac{1}{m} \sum_i dZ")},
     ),
     mistakes=(
         Mistake("batchnorm_constant_statistics", "batchnorm's dx taken as dout gamma / sigma: the batch mean and "

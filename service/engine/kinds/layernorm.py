@@ -76,8 +76,9 @@ LAYERNORM = register(Kind(
                       r"y = \gamma \hat{x} + \beta",
         backward="g = dout gamma; dx = (1 / (D sigma)) (D g - sum_d g - xhat sum_d (g xhat)), per example",
         backward_latex=r"dx = \frac{1}{D\sigma}\left(D g - \sum_d g - \hat{x}\sum_d g\,\hat{x}\right),\ g = dy\,\gamma",
-        grads={"gamma": ("dgamma = sum over examples of dout xhat", r"d\gamma = \sum_i dy\,\hat{x}"),
-               "beta": ("dbeta = sum over examples of dout", r"d\beta = \sum_i dy")},
+        grads={"gamma": ("dgamma = (1/m) sum over examples of dZ xhat (dZ = dout per example)",
+                         r"d\gamma = \frac{1}{m} \sum_i dZ\,\hat{x}"),
+               "beta": ("dbeta = (1/m) sum over examples of dZ", r"d\beta = \frac{1}{m} \sum_i dZ")},
     ),
     mistakes=(
         Mistake("layernorm_wrong_axis", "layernorm normalised over the examples instead of the features",
