@@ -38,6 +38,8 @@ def _hyper_field(h: Hyper) -> tuple[Any, Any]:
     else:
         raise TypeError(f"hyperparameter {h.name!r}: unknown type {h.type!r}")
     default = ... if h.default is REQUIRED else h.default
+    if h.default is None:  # optional: null or absent means the kind's own default (a pooling stride: the window)
+        kind = Optional[kind]
     return kind, Field(default=default, description=h.description)
 
 

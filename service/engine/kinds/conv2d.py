@@ -1,0 +1,291 @@
+"""2-D convolution as both courses and PyTorch compute it (a cross-correlation): cs231n's ``conv_forward_naive`` /
+``conv_backward_naive`` and deeplearning.ai's ``conv_forward`` / ``conv_backward``, by im2col and one matrix
+product per layer.
+
+Shapes (engine, examples first): x (m, C, H, W), W (F, C, kh, kw), b (F,), out (m, F, Ho, Wo) with
+Ho = floor((H + 2 ph - kh) / sh) + 1 and Wo = floor((W + 2 pw - kw) / sw) + 1 (zero padding ph, pw; strides sh,
+sw). The wire holds W as (F, C, kh, kw) with ``image_layout: NCHW`` (cs231n, PyTorch) and as (kh, kw, C, F) with
+``NHWC`` (deeplearning.ai, TensorFlow); b as (F,) or (1, 1, 1, F) (deeplearning.ai's); gradients go back in the
+form sent.
+
+    forward:   out[i, f, r, c] = sum over c', u, v of xpad[i, c', sh r + u, sw c + v] W[f, c', u, v] + b[f]
+               im2col: cols (m Ho Wo, C kh kw) holds every window, out = cols W2^T with W2 = W as (F, C kh kw)
+    backward:  d2 = dout as (m Ho Wo, F);  dW = d2^T cols;  db = sum over examples and pixels of dout;
+               dcols = d2 W2, added back window by window (col2im, one addition per kernel offset) and unpadded
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from service.engine.kinds.base import (Checked, Formulas, Hyper, InputStory, Kind, Layouts, Mistake, Param, Price,
+                                       ShapeError, register, shape_text)
+from service.engine.kinds.windows import (channel_shapes, image_text, out_size, pair, per_channel_back,
+                                          scatter_windows, windows)
+
+Array = np.ndarray
+
+
+class Cache(NamedTuple):
+    """What backward needs: the im2col matrix, the weights, the input (unpadded), strides, padding, the output's
+    size, and whether the kernel was flipped (the mistake of a true convolution)."""
+
+    cols: Array
+    W: Array
+    x: Array
+    stride: tuple[int, int]
+    pad: tuple[int, int]
+    out_hw: tuple[int, int]
+    flipped: bool = False
+
+
+def _weights(sent: Array, layouts: Layouts) -> Array:
+    """W as (F, C, kh, kw): the wire's (kh, kw, C, F) transposed with image_layout NHWC (a view)."""
+    return sent.transpose(3, 2, 0, 1) if layouts.channels_last else sent
+
+
+def _weights_back(grad: Array, sent, layouts: Layouts) -> Array:
+    return grad.transpose(2, 3, 1, 0) if layouts.channels_last else grad
+
+
+def _padded(x: Array, pad: tuple[int, int]) -> Array:
+    ph, pw = pad
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+
+
+def _im2col(xp: Array, kh: int, kw: int, stride: tuple[int, int]) -> tuple[Array, int, int]:
+    """cols (m Ho Wo, C kh kw) of every window of the padded input: one copy of the windows' view."""
+    win = windows(xp, kh, kw, *stride)  # (m, C, Ho, Wo, kh, kw)
+    m, C, Ho, Wo = win.shape[:4]
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(m * Ho * Wo, C * kh * kw), Ho, Wo
+
+
+def _convolve(x: Array, W: Array, b: Array, stride, pad, flipped: bool = False) -> tuple[Array, Cache]:
+    F, _, kh, kw = W.shape
+    cols, Ho, Wo = _im2col(_padded(x, pad), kh, kw, stride)
+    out = (cols @ W.reshape(F, -1).T).reshape(x.shape[0], Ho, Wo, F)
+    out += b.reshape(1, 1, 1, F)
+    return out.transpose(0, 3, 1, 2), Cache(cols, W, x, stride, pad, (Ho, Wo), flipped)
+
+
+def forward(x, params, hyper, state):
+    """x (m, C, H, W) -> out (m, F, Ho, Wo) and the cache."""
+    return _convolve(x, params["W"], params["b"], pair(hyper["stride"]), pair(hyper["pad"]))
+
+
+def _dout_matrix(dout: Array) -> Array:
+    """dout (m, F, Ho, Wo) -> (m Ho Wo, F), the rows of cols."""
+    m, F, Ho, Wo = dout.shape
+    return dout.transpose(0, 2, 3, 1).reshape(m * Ho * Wo, F)
+
+
+def _input_gradient(d2: Array, cache: Cache, stride, origin_pad) -> Array:
+    """dx (m, C, H, W) from d2 (m Ho Wo, F): dcols = d2 W2 added back window by window into the padded input
+    (``origin_pad``: the padding the windows are read with), then the padding cut off."""
+    x, W = cache.x, cache.W
+    m, C, H, Wd = x.shape
+    F, _, kh, kw = W.shape
+    (Ho, Wo), (ph, pw) = cache.out_hw, cache.pad
+    dwin = (d2 @ W.reshape(F, -1)).reshape(m, Ho, Wo, C, kh, kw).transpose(0, 3, 1, 2, 4, 5)
+    top, left = origin_pad
+    dxp = scatter_windows(dwin, (m, C, H + top + ph, Wd + left + pw), *stride)
+    return dxp[:, :, top:top + H, left:left + Wd]
+
+
+def backward(dout, cache: Cache):
+    """dout (m, F, Ho, Wo) -> dx (m, C, H, W), {W: (F, C, kh, kw), b: (F,)}."""
+    d2 = _dout_matrix(dout)
+    dW = (d2.T @ cache.cols).reshape(cache.W.shape)
+    if cache.flipped:  # the gradient of the flipped kernel, flipped back onto W's own entries
+        dW = np.ascontiguousarray(dW[:, :, ::-1, ::-1])
+    db = dout.sum(axis=(0, 2, 3))
+    return _input_gradient(d2, cache, cache.stride, cache.pad), {"W": dW, "b": db}
+
+
+# --- mistakes (grading) ----------------------------------------------------------------------------------------
+
+def _flipped_forward(x, params, hyper, state):
+    """The mistake: a true convolution, the kernel flipped on both spatial axes (scipy.signal.convolve2d)."""
+    W = params["W"][:, :, ::-1, ::-1]
+    return _convolve(x, W, params["b"], pair(hyper["stride"]), pair(hyper["pad"]), flipped=True)
+
+
+def _stride_ignored_backward(dout, cache: Cache):
+    """The mistake: the backward reads and writes window (r, c) at (r, c) instead of (sh r, sw c)."""
+    F, _, kh, kw = cache.W.shape
+    Ho, Wo = cache.out_hw
+    win = windows(_padded(cache.x, cache.pad), kh, kw, 1, 1)[:, :, :Ho, :Wo]
+    m, C = win.shape[:2]
+    cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(m * Ho * Wo, C * kh * kw)
+    d2 = _dout_matrix(dout)
+    dW = (d2.T @ cols).reshape(cache.W.shape)
+    return _input_gradient(d2, cache._replace(cols=cols), (1, 1), cache.pad), {"W": dW, "b": dout.sum(axis=(0, 2, 3))}
+
+
+def _padding_ignored_backward(dout, cache: Cache):
+    """The mistake: the backward indexes the unpadded input (and its gradient) with the padded input's window
+    positions: windows read from x itself (zeros past its far edges), dx the first H x W block of the padded
+    gradient."""
+    F, _, kh, kw = cache.W.shape
+    ph, pw = cache.pad
+    far = np.pad(cache.x, ((0, 0), (0, 0), (0, 2 * ph), (0, 2 * pw)))
+    cols, _, _ = _im2col(far, kh, kw, cache.stride)
+    d2 = _dout_matrix(dout)
+    dW = (d2.T @ cols).reshape(cache.W.shape)
+    return _input_gradient(d2, cache, cache.stride, (0, 0)), {"W": dW, "b": dout.sum(axis=(0, 2, 3))}
+
+
+def _last_example_backward(dout, cache: Cache):
+    """The mistake: dW and db hold the last example's contribution only (the accumulator reset for each
+    example, or the sum over the examples left out)."""
+    Ho, Wo = cache.out_hw
+    rows = Ho * Wo
+    d2 = _dout_matrix(dout)[-rows:]
+    dW = (d2.T @ cache.cols[-rows:]).reshape(cache.W.shape)
+    return None, {"W": dW, "b": dout[-1].sum(axis=(1, 2))}
+
+
+def _strided(hyper) -> bool:
+    return pair(hyper["stride"]) != (1, 1)
+
+
+def _padded_hyper(hyper) -> bool:
+    return pair(hyper["pad"]) != (0, 0)
+
+
+# --- shapes, price, story --------------------------------------------------------------------------------------
+
+def _engine_shape(W: Array, layouts: Layouts) -> tuple[int, int, int, int]:
+    return tuple(int(n) for n in _weights(np.empty(W.shape, dtype=np.bool_), layouts).shape)
+
+
+def _channel_error(W: Array, C: int, Cw: int, layouts: Layouts, source: str) -> ShapeError:
+    axis = "third" if layouts.channels_last else "second"
+    message = (f"W is {shape_text(W.shape)}: its {axis} axis is the input's channels, {Cw}, but the input has {C} "
+               f"channels because {source}")
+    if not layouts.channels_last and W.shape[2] == C:
+        message += ("; W looks like deeplearning.ai's (kh, kw, C, F): with image_layout NCHW send W as (F, C, kh, "
+                    "kw), or set image_layout NHWC")
+    elif layouts.channels_last and W.shape[1] == C:
+        message += ("; W looks like cs231n's and PyTorch's (F, C, kh, kw): with image_layout NHWC send W as (kh, kw, "
+                    "C, F), or set image_layout NCHW")
+    return ShapeError("W", message)
+
+
+def check(in_shape, params, hyper, layouts: Layouts, where: str, source: str) -> Checked:
+    """W's channels must be the input's; b one per filter; the kernel must fit the padded input."""
+    C, H, Wd = in_shape
+    W, b = params["W"], params["b"]
+    F, Cw, kh, kw = _engine_shape(W, layouts)
+    (sh, sw), (ph, pw) = pair(hyper["stride"]), pair(hyper["pad"])
+    errors = []
+    if Cw != C:
+        errors.append(_channel_error(W, C, Cw, layouts, source))
+    allowed = tuple(dict.fromkeys(channel_shapes(F, layouts) + ((1, 1, 1, F),)))
+    if b.shape not in allowed:
+        errors.append(ShapeError("b", f"b is {shape_text(b.shape)} but W has {F} filters: send "
+                                      f"{' or '.join(shape_text(s) for s in allowed)}"))
+    Hp, Wp = H + 2 * ph, Wd + 2 * pw
+    if kh > Hp or kw > Wp:
+        errors.append(ShapeError("W", f"the kernel is {kh} x {kw} but the padded input is only {Hp} x {Wp} ({H} x "
+                                      f"{Wd} because {source}, padded by {ph}, {pw}): use a kernel of at most "
+                                      f"{Hp} x {Wp}, or more padding", "kernel_too_large"))
+        return Checked(None, tuple(errors))
+    return Checked((F, out_size(Hp, kh, sh), out_size(Wp, kw, sw)), tuple(errors))
+
+
+def source_text(where: str, params, out_shape, layouts: Layouts) -> str:
+    return f"{where} outputs {image_text(out_shape, layouts)}"
+
+
+def price(in_shape, out_shape, params, hyper, m: int) -> Price:
+    """The product's multiply-adds (forward: one; backward: two, dW and dcols), the im2col copy and col2im adds,
+    and what stays in memory: the padded input, cols and dcols, the output and its gradient."""
+    C, H, Wd = in_shape
+    F, Ho, Wo = out_shape
+    # W as sent (either layout) or in engine form: (F, C, kh, kw) or (kh, kw, C, F). Read the other way round when
+    # ambiguous, kh kw and max(kh, kw) come out the same, which is all the price needs.
+    W = params["W"].shape
+    kh, kw = W[2:] if W[:2] == (F, C) else W[:2]
+    ph, pw = pair(hyper["pad"])
+    padded = m * C * (H + 2 * ph) * (Wd + 2 * pw)
+    cols = m * Ho * Wo * C * kh * kw
+    product = cols * F
+    forward_work = product + 2 * cols + padded
+    return Price(work=3 * product + 5 * cols + 3 * padded, stored=2 * padded + 2 * cols + 2 * m * F * Ho * Wo,
+                 reads=int(params["W"].size), forward_work=forward_work, window=max(kh, kw))
+
+
+def explain_input(h: int, params, hyper) -> InputStory:
+    n = h + 1
+    return InputStory(
+        reason=f"A{h} reaches the cost only through Z{n} = W{n} * A{h} + b{n} (a cross-correlation): each pixel of "
+               f"A{h} is read by every window that covers it, so its gradient adds W{n} times dZ{n} over those "
+               f"windows, a transposed convolution: ",
+        rule=f"dA{h}[i, c, y, x] = sum over f and the windows (r, s) covering (y, x) of W{n}[f, c, y - sh r + ph, "
+             f"x - sw s + pw] dZ{n}[i, f, r, s]",
+        latex=r"dA^{[l]} = \mathrm{col2im}\left(dZ^{[l+1]} W^{[l+1]}\right)",
+        values={f"W{n}": params["W"]})
+
+
+CONV2D = register(Kind(
+    name="conv2d",
+    description="2-D convolution (a cross-correlation, as cs231n, deeplearning.ai and PyTorch compute it) with "
+                "zero padding and strides: Z[i, f] = sum over channels of W[f, c] * pad(A_prev[i, c]) + b[f].",
+    input_rank=3,
+    params=(
+        Param("W", "Kernels: (F, C, kh, kw) with image_layout NCHW (cs231n, PyTorch), (kh, kw, C, F) with NHWC "
+                   "(deeplearning.ai, TensorFlow); dW comes back in the form sent.", l2=True, ranks=(4,),
+              to_engine=_weights, to_wire=_weights_back),
+        Param("b", "Biases, one per filter: (F,) or, as deeplearning.ai holds it, (1, 1, 1, F); db comes back in the "
+                   "shape sent.", l2=False, ranks=(1, 4), to_engine=lambda sent, layouts: sent.reshape(-1),
+              to_wire=per_channel_back),
+    ),
+    hypers=(
+        Hyper("stride", "Stride: an int or [sh, sw], positive; default 1.", "int_pair", 1, ge=1),
+        Hyper("pad", "Zero padding on each side: an int or [ph, pw], >= 0; default 0.", "int_pair", 0, ge=0),
+    ),
+    states=(),
+    forward=forward,
+    backward=backward,
+    check=check,
+    source_text=source_text,
+    price=price,
+    formulas=Formulas(
+        forward="Z[i, f, r, c] = sum over c', u, v of pad(A_prev)[i, c', sh r + u, sw c + v] W[f, c', u, v] + b[f], "
+                "Ho = floor((H + 2 ph - kh) / sh) + 1",
+        forward_latex=r"Z_{i,f,r,c} = \sum_{c',u,v} \tilde{A}_{i,c',s_h r+u,s_w c+v} W_{f,c',u,v} + b_f",
+        backward="dA_prev = col2im(dZ W): each input pixel adds W times dZ over the windows that read it",
+        backward_latex=r"dA^{[l-1]} = \mathrm{col2im}\left(dZ^{[l]} W^{[l]}\right)",
+        grads={"W": ("dW[f, c', u, v] = (1/m) sum over i, r, c of dZ[i, f, r, c] pad(A_prev)[i, c', sh r + u, sw c + v] "
+                     "(+ (lambda/m) W with l2)",
+                     r"dW_{f,c',u,v} = \frac{1}{m}\sum_{i,r,c} dZ_{i,f,r,c}\,\tilde{A}_{i,c',s_h r+u,s_w c+v}"),
+               "b": ("db[f] = (1/m) sum over examples and pixels of dZ[i, f]",
+                     r"db_f = \frac{1}{m}\sum_{i,r,c} dZ_{i,f,r,c}")},
+    ),
+    mistakes=(
+        Mistake("conv_flipped_kernel", "a true convolution: the kernel flipped on both spatial axes, where both "
+                "courses and PyTorch compute a cross-correlation",
+                "layer {layer} (conv2d): the kernel was flipped (a true convolution, as scipy.signal.convolve2d "
+                "computes); a convolution layer computes the cross-correlation sum of A_prev[r + u, c + v] "
+                "W[u, v], the kernel not flipped", forward=_flipped_forward),
+        Mistake("conv_stride_ignored", "the convolution's backward pass ignored the stride",
+                "layer {layer} (conv2d): the backward pass placed window (r, c) at (r, c) instead of "
+                "(stride r, stride c): vert_start = h * stride, horiz_start = w * stride",
+                backward=_stride_ignored_backward, applies=_strided),
+        Mistake("conv_padding_ignored", "the convolution's backward pass ignored the padding",
+                "layer {layer} (conv2d): the backward pass read the windows from the unpadded input and wrote dA_prev "
+                "without removing the padding offset: slice A_prev_pad and da_prev_pad, then cut the padding off",
+                backward=_padding_ignored_backward, applies=_padded_hyper),
+        Mistake("conv_grads_not_summed_over_examples", "dW and db not summed over the examples",
+                "layer {layer} (conv2d): dW and db hold the last example's contribution only; they add up every "
+                "example's (dW += ... inside the loop over the examples, not dW = ...)",
+                backward=_last_example_backward, grads_only=True),
+    ),
+    new_state=None,
+    cache_values=lambda cache: {},
+    explain_input=explain_input,
+    default_activation=None,
+))
