@@ -31,7 +31,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Di
 from pydantic_core import PydanticCustomError
 
 # The matrix-or-vector parsing of schemas.common, reused for arrays whose entries may be null (None -> NaN).
-from schemas.arrays import MORE_ERRORS, NullableMatrixOrVector
+from schemas.arrays import MORE_ERRORS, array_type
 from schemas.common import FiniteFloat
 from schemas.errors import ErrorItem, InvalidRequest, format_location, from_validation_error
 from schemas.gradescope import VISIBILITIES, GradescopeResponse, document, invalid_document, shape_text
@@ -39,6 +39,7 @@ from schemas.gradients import GradientRequest, Prepared, prepare
 from schemas.limits import Limits
 from schemas.policy import MAX_SUBMISSIONS, Policy
 from service.engine import grading
+from service.engine.kinds import Layouts
 # Graded keys over the whole batch (submissions x keys each): bounds the response (~0.5 KB per key) and the
 # per-key fixed cost of comparing and serializing.
 MAX_KEY_RESULTS = 20_000
@@ -55,8 +56,8 @@ NotUsed = StrictBool
 
 NumberOrNull = Optional[FiniteFloat]
 
-# A matrix or vector whose entries may be null (NaN): one submitted answer.
-SubmittedArray = NullableMatrixOrVector
+# A matrix or vector (or an image batch, or conv2d's dW) whose entries may be null (NaN): one submitted answer.
+SubmittedArray = array_type(1, 2, 4, nullable=True)
 
 
 def _cost_shape(value: Any) -> tuple[int, ...] | None:
@@ -362,10 +363,10 @@ def prepare_grading(req: GradeRequest, limits: Limits) -> tuple[Prepared, Batch]
     subs.worth = [_worth(raw, req.points, valid) if arrays is None else 0.0
                   for arrays, raw in zip(subs.arrays, req.submissions if batch else [req.submission])]
     _price(req, prep, subs, where)
-    if prep.examples_first:
-        subs.arrays = [None if sub is None else
-                       {k: (a.T if a.ndim == 2 and grading.is_per_example(k) else a) for k, a in sub.items()}
-                       for sub in subs.arrays]
+    subs.arrays = [None if sub is None else
+                   {k: (prep.layouts.to_engine_activation(a) if grading.is_per_example(k) else a)
+                    for k, a in sub.items()}
+                   for sub in subs.arrays]
     return prep, subs
 
 
@@ -497,19 +498,20 @@ def power_of_ten(x: float | None) -> float | None:
     return 10.0 ** k if k <= 308 else float(np.finfo(np.float64).max)
 
 
-def _flip(key: str, index: tuple[int, ...] | None, examples_first: bool) -> list[int] | None:
+def _flip(key: str, index: tuple[int, ...] | None, layouts: Layouts) -> list[int] | None:
+    """An index (or shape) of a key's reference form in the wire's form (per-example keys by the layouts)."""
     if index is None:
         return None
-    if examples_first and len(index) == 2 and grading.is_per_example(key):
-        return [int(index[1]), int(index[0])]
+    if grading.is_per_example(key):
+        index = layouts.index_to_wire(tuple(index))
     return [int(i) for i in index]
 
 
-def _wire_array(key: str, a: np.ndarray, examples_first: bool) -> Any:
+def _wire_array(key: str, a: np.ndarray, layouts: Layouts) -> Any:
     if a.ndim == 0:
         return None if np.isnan(a) else float(a)
-    if examples_first and a.ndim == 2 and grading.is_per_example(key):
-        a = a.T
+    if grading.is_per_example(key):
+        a = layouts.to_wire_activation(a)
     return np.ascontiguousarray(a)
 
 
@@ -519,7 +521,7 @@ def _evidence(d: grading.Diagnosis, exact: bool) -> dict[str, Any]:
     return dict(d.evidence) if exact else {k: v for k, v in d.evidence.items() if k not in d.fitted}
 
 
-def _key_result(kg: grading.KeyGrade, expected: tuple[int, ...], precision: str, ex_first: bool,
+def _key_result(kg: grading.KeyGrade, expected: tuple[int, ...], precision: str, layouts: Layouts,
                 notes: list[str]) -> dict:
     """One key as the response shows it. ``precision``: exact (reveal), power_of_ten or none (errors, wrong-entry
     count and worst entry left out)."""
@@ -527,18 +529,18 @@ def _key_result(kg: grading.KeyGrade, expected: tuple[int, ...], precision: str,
     exact = precision == "exact"
     coarse = (lambda x: x) if exact else power_of_ten if precision == "power_of_ten" else (lambda x: None)
     body: dict[str, Any] = {"key": kg.key, "status": kg.status, "points": kg.points, "earned": kg.earned,
-                            "expected_shape": _flip(kg.key, expected, ex_first) or [],
+                            "expected_shape": _flip(kg.key, expected, layouts) or [],
                             "shape": None, "max_abs_error": None, "max_rel_error": None, "difference": None,
                             "wrong_entries": None, "entries": 0, "worst": None, "null_entries": 0,
                             "first_null": None, "diagnosis": None, "notes": notes + list(kg.notes)}
     if c is not None:
-        body.update({"shape": _flip(kg.key, c.shape, ex_first) or [], "max_abs_error": coarse(c.max_abs_error),
+        body.update({"shape": _flip(kg.key, c.shape, layouts) or [], "max_abs_error": coarse(c.max_abs_error),
                      "max_rel_error": coarse(c.max_rel_error), "difference": coarse(c.difference),
                      "wrong_entries": c.wrong_entries if precision != "none" else None,
                      "null_entries": c.null_entries, "entries": c.entries,
-                     "first_null": _flip(kg.key, c.first_null, ex_first)})
+                     "first_null": _flip(kg.key, c.first_null, layouts)})
         if c.worst_index is not None and precision != "none":
-            body["worst"] = {"index": _flip(kg.key, c.worst_index, ex_first) or [], "submitted": c.worst_submitted,
+            body["worst"] = {"index": _flip(kg.key, c.worst_index, layouts) or [], "submitted": c.worst_submitted,
                              "reference": c.worst_reference if exact else None}
         if c.status == "shape_mismatch" and not c.reshaped:
             body["notes"].append(f"{kg.key} is {shape_text(body['shape'])} but {shape_text(body['expected_shape'])} "
@@ -550,10 +552,10 @@ def _key_result(kg: grading.KeyGrade, expected: tuple[int, ...], precision: str,
     return body
 
 
-def _grade_result(g: grading.SubmissionGrade, ref: grading.Reference, precision: str, ex_first: bool,
+def _grade_result(g: grading.SubmissionGrade, ref: grading.Reference, precision: str, layouts: Layouts,
                   notes: dict[str, list[str]]) -> dict:
     return {"status": "graded", "score": g.score, "max_score": g.max_score,
-            "keys": [_key_result(k, ref.arrays[k.key].shape, precision, ex_first, notes.get(k.key, []))
+            "keys": [_key_result(k, ref.arrays[k.key].shape, precision, layouts, notes.get(k.key, []))
                      for k in g.keys],
             "diagnoses": [{"code": d.code, "layer": d.layer, "message": d.message, "keys": keys}
                           for d, keys in g.summary],
@@ -572,7 +574,7 @@ def grade_to_wire(grades: list[grading.SubmissionGrade], ref: grading.Reference,
     precision = effective.precision(req.reveal)
     graded = iter(grades)
     results = [_invalid_result(errors, worth) if arrays is None else
-               _grade_result(next(graded), ref, precision, prep.examples_first, notes)
+               _grade_result(next(graded), ref, precision, prep.layouts, notes)
                for arrays, errors, notes, worth in zip(subs.arrays, subs.errors, subs.notes, subs.worth)]
     tol = effective.tolerance
     if req.format == "gradescope":
@@ -587,6 +589,6 @@ def grade_to_wire(grades: list[grading.SubmissionGrade], ref: grading.Reference,
         body["result"] = results[0]
     if req.reveal:
         keys = {k.key for g in grades for k in g.keys}
-        body["reference"] = {k: _wire_array(k, ref.arrays[k], prep.examples_first)
+        body["reference"] = {k: _wire_array(k, ref.arrays[k], prep.layouts)
                              for k in grading.key_names(ref.layers) if k in keys}
     return body

@@ -22,7 +22,7 @@ Array = np.ndarray
 
 
 class Cache(NamedTuple):
-    shape: tuple[int, ...]
+    x: Array
     size: tuple[int, int]
     stride: tuple[int, int]
     out_hw: tuple[int, int]
@@ -36,13 +36,13 @@ def forward(x, params, hyper, state):
     for i in range(size[0]):
         for j in range(size[1]):
             part = at_offset(x, i, j, (Ho, Wo), stride)
-            out = part.copy() if out is None else np.add(out, part, out=out)
+            out = np.copy(part, order="K") if out is None else np.add(out, part, out=out)
     out /= size[0] * size[1]
-    return out, Cache(x.shape, size, stride, (Ho, Wo))
+    return out, Cache(x, size, stride, (Ho, Wo))
 
 
 def _spread(dout: Array, cache: Cache, divisor: float) -> Array:
-    dx = np.zeros(cache.shape)
+    dx = np.zeros_like(cache.x, order="K")  # the input's memory order
     share = dout / divisor if divisor != 1 else dout
     for i in range(cache.size[0]):
         for j in range(cache.size[1]):

@@ -9,9 +9,10 @@ sw). The wire holds W as (F, C, kh, kw) with ``image_layout: NCHW`` (cs231n, PyT
 form sent.
 
     forward:   out[i, f, r, c] = sum over c', u, v of xpad[i, c', sh r + u, sw c + v] W[f, c', u, v] + b[f]
-               im2col: cols (m Ho Wo, C kh kw) holds every window, out = cols W2^T with W2 = W as (F, C kh kw)
-    backward:  d2 = dout as (m Ho Wo, F);  dW = d2^T cols;  db = sum over examples and pixels of dout;
-               dcols = d2 W2, added back window by window (col2im, one addition per kernel offset) and unpadded
+               im2col: colsT (C kh kw, m Ho Wo) holds every window (one copy per kernel offset),
+               out = W2 colsT with W2 = W as (F, C kh kw)
+    backward:  d2 = dout as (F, m Ho Wo);  dW = d2 colsT^T;  db = sum over examples and pixels of dout;
+               dcolsT = W2^T d2, added back window by window (col2im, one addition per kernel offset), unpadded
 """
 
 from __future__ import annotations
@@ -22,17 +23,17 @@ import numpy as np
 
 from service.engine.kinds.base import (Checked, Formulas, Hyper, InputStory, Kind, Layouts, Mistake, Param, Price,
                                        ShapeError, register, shape_text)
-from service.engine.kinds.windows import (channel_shapes, image_text, out_size, pair, per_channel_back,
-                                          scatter_windows, windows)
+from service.engine.kinds.windows import channel_shapes, image_text, out_size, pair, per_channel_back
 
 Array = np.ndarray
 
 
 class Cache(NamedTuple):
-    """What backward needs: the im2col matrix, the weights, the input (unpadded), strides, padding, the output's
-    size, and whether the kernel was flipped (the mistake of a true convolution)."""
+    """What backward needs: the transposed im2col matrix colsT (C kh kw, m Ho Wo), the weights, the input
+    (unpadded), strides, padding, the output's size, and whether the kernel was flipped (the mistake of a true
+    convolution)."""
 
-    cols: Array
+    colsT: Array
     W: Array
     x: Array
     stride: tuple[int, int]
@@ -50,24 +51,40 @@ def _weights_back(grad: Array, sent, layouts: Layouts) -> Array:
     return grad.transpose(2, 3, 1, 0) if layouts.channels_last else grad
 
 
-def _padded(x: Array, pad: tuple[int, int]) -> Array:
-    ph, pw = pad
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+# Inside a layer the images are held channels first, (C, m, H, W) in memory: each kernel offset's slice of the
+# padded input is then one block per channel, contiguous along the rows, and the output of the product
+# W2 (F, C kh kw) @ colsT (C kh kw, m Ho Wo) is (F, m, Ho, Wo) as it comes, returned as its (m, F, Ho, Wo) view.
+
+def _padded_T(x: Array, before: tuple[int, int], after: tuple[int, int]) -> Array:
+    """x (m, C, H, W) -> (C, m, H + top + bottom, W + left + right), zeros around (a copy)."""
+    m, C, H, W = x.shape
+    (top, left), (bottom, right) = before, after
+    xpT = np.zeros((C, m, H + top + bottom, W + left + right))
+    xpT[:, :, top:top + H, left:left + W] = x.transpose(1, 0, 2, 3)
+    return xpT
 
 
-def _im2col(xp: Array, kh: int, kw: int, stride: tuple[int, int]) -> tuple[Array, int, int]:
-    """cols (m Ho Wo, C kh kw) of every window of the padded input: one copy of the windows' view."""
-    win = windows(xp, kh, kw, *stride)  # (m, C, Ho, Wo, kh, kw)
-    m, C, Ho, Wo = win.shape[:4]
-    return win.transpose(0, 2, 3, 1, 4, 5).reshape(m * Ho * Wo, C * kh * kw), Ho, Wo
+def _im2col_T(xpT: Array, kh: int, kw: int, stride: tuple[int, int], out_hw: tuple[int, int]) -> Array:
+    """colsT (C kh kw, m Ho Wo): row (c, u, v) holds every window's entry at offset (u, v) of channel c. One
+    vectorised copy per kernel offset."""
+    C, m = xpT.shape[:2]
+    (Ho, Wo), (sh, sw) = out_hw, stride
+    colsT = np.empty((C, kh, kw, m, Ho, Wo))
+    for u in range(kh):
+        for v in range(kw):
+            colsT[:, u, v] = xpT[:, :, u:u + sh * (Ho - 1) + 1:sh, v:v + sw * (Wo - 1) + 1:sw]
+    return colsT.reshape(C * kh * kw, m * Ho * Wo)
 
 
 def _convolve(x: Array, W: Array, b: Array, stride, pad, flipped: bool = False) -> tuple[Array, Cache]:
+    m, C, H, Wd = x.shape
     F, _, kh, kw = W.shape
-    cols, Ho, Wo = _im2col(_padded(x, pad), kh, kw, stride)
-    out = (cols @ W.reshape(F, -1).T).reshape(x.shape[0], Ho, Wo, F)
-    out += b.reshape(1, 1, 1, F)
-    return out.transpose(0, 3, 1, 2), Cache(cols, W, x, stride, pad, (Ho, Wo), flipped)
+    out_hw = (out_size(H + 2 * pad[0], kh, stride[0]), out_size(Wd + 2 * pad[1], kw, stride[1]))
+    colsT = _im2col_T(_padded_T(x, pad, pad), kh, kw, stride, out_hw)
+    outT = W.reshape(F, -1) @ colsT  # (F, m Ho Wo)
+    outT += b.reshape(F, 1)
+    out = outT.reshape(F, m, *out_hw).transpose(1, 0, 2, 3)
+    return out, Cache(colsT, W, x, stride, pad, out_hw, flipped)
 
 
 def forward(x, params, hyper, state):
@@ -75,33 +92,39 @@ def forward(x, params, hyper, state):
     return _convolve(x, params["W"], params["b"], pair(hyper["stride"]), pair(hyper["pad"]))
 
 
-def _dout_matrix(dout: Array) -> Array:
-    """dout (m, F, Ho, Wo) -> (m Ho Wo, F), the rows of cols."""
+def _dout_T(dout: Array) -> Array:
+    """dout (m, F, Ho, Wo) -> (F, m Ho Wo), the layout of the product's output (no copy when it is that)."""
     m, F, Ho, Wo = dout.shape
-    return dout.transpose(0, 2, 3, 1).reshape(m * Ho * Wo, F)
+    return dout.transpose(1, 0, 2, 3).reshape(F, m * Ho * Wo)
 
 
-def _input_gradient(d2: Array, cache: Cache, stride, origin_pad) -> Array:
-    """dx (m, C, H, W) from d2 (m Ho Wo, F): dcols = d2 W2 added back window by window into the padded input
-    (``origin_pad``: the padding the windows are read with), then the padding cut off."""
+def _input_gradient(d2T: Array, cache: Cache, stride, origin: tuple[int, int]) -> Array:
+    """dx (m, C, H, W) from d2T (F, m Ho Wo): dcolsT = W2^T d2T, added back window by window (one addition per
+    kernel offset) into the padded input the windows were read from (``origin``: its padding before the image),
+    then the padding cut off."""
     x, W = cache.x, cache.W
     m, C, H, Wd = x.shape
     F, _, kh, kw = W.shape
-    (Ho, Wo), (ph, pw) = cache.out_hw, cache.pad
-    dwin = (d2 @ W.reshape(F, -1)).reshape(m, Ho, Wo, C, kh, kw).transpose(0, 3, 1, 2, 4, 5)
-    top, left = origin_pad
-    dxp = scatter_windows(dwin, (m, C, H + top + ph, Wd + left + pw), *stride)
-    return dxp[:, :, top:top + H, left:left + Wd]
+    (Ho, Wo), (sh, sw), (ph, pw) = cache.out_hw, stride, cache.pad
+    dcolsT = (W.reshape(F, -1).T @ d2T).reshape(C, kh, kw, m, Ho, Wo)
+    top, left = origin
+    Hp = max(H + top + ph, sh * (Ho - 1) + kh)
+    Wp = max(Wd + left + pw, sw * (Wo - 1) + kw)
+    dxpT = np.zeros((C, m, Hp, Wp))
+    for u in range(kh):
+        for v in range(kw):
+            dxpT[:, :, u:u + sh * (Ho - 1) + 1:sh, v:v + sw * (Wo - 1) + 1:sw] += dcolsT[:, u, v]
+    return dxpT[:, :, top:top + H, left:left + Wd].transpose(1, 0, 2, 3)
 
 
 def backward(dout, cache: Cache):
     """dout (m, F, Ho, Wo) -> dx (m, C, H, W), {W: (F, C, kh, kw), b: (F,)}."""
-    d2 = _dout_matrix(dout)
-    dW = (d2.T @ cache.cols).reshape(cache.W.shape)
+    d2T = _dout_T(dout)
+    dW = (d2T @ cache.colsT.T).reshape(cache.W.shape)
     if cache.flipped:  # the gradient of the flipped kernel, flipped back onto W's own entries
         dW = np.ascontiguousarray(dW[:, :, ::-1, ::-1])
-    db = dout.sum(axis=(0, 2, 3))
-    return _input_gradient(d2, cache, cache.stride, cache.pad), {"W": dW, "b": db}
+    db = d2T.sum(axis=1)
+    return _input_gradient(d2T, cache, cache.stride, cache.pad), {"W": dW, "b": db}
 
 
 # --- mistakes (grading) ----------------------------------------------------------------------------------------
@@ -112,16 +135,17 @@ def _flipped_forward(x, params, hyper, state):
     return _convolve(x, W, params["b"], pair(hyper["stride"]), pair(hyper["pad"]), flipped=True)
 
 
+def _wrong_windows_backward(dout, cache: Cache, colsT: Array, stride, origin):
+    d2T = _dout_T(dout)
+    dW = (d2T @ colsT.T).reshape(cache.W.shape)
+    return _input_gradient(d2T, cache, stride, origin), {"W": dW, "b": d2T.sum(axis=1)}
+
+
 def _stride_ignored_backward(dout, cache: Cache):
     """The mistake: the backward reads and writes window (r, c) at (r, c) instead of (sh r, sw c)."""
     F, _, kh, kw = cache.W.shape
-    Ho, Wo = cache.out_hw
-    win = windows(_padded(cache.x, cache.pad), kh, kw, 1, 1)[:, :, :Ho, :Wo]
-    m, C = win.shape[:2]
-    cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(m * Ho * Wo, C * kh * kw)
-    d2 = _dout_matrix(dout)
-    dW = (d2.T @ cols).reshape(cache.W.shape)
-    return _input_gradient(d2, cache._replace(cols=cols), (1, 1), cache.pad), {"W": dW, "b": dout.sum(axis=(0, 2, 3))}
+    colsT = _im2col_T(_padded_T(cache.x, cache.pad, cache.pad), kh, kw, (1, 1), cache.out_hw)
+    return _wrong_windows_backward(dout, cache, colsT, (1, 1), cache.pad)
 
 
 def _padding_ignored_backward(dout, cache: Cache):
@@ -130,21 +154,17 @@ def _padding_ignored_backward(dout, cache: Cache):
     gradient."""
     F, _, kh, kw = cache.W.shape
     ph, pw = cache.pad
-    far = np.pad(cache.x, ((0, 0), (0, 0), (0, 2 * ph), (0, 2 * pw)))
-    cols, _, _ = _im2col(far, kh, kw, cache.stride)
-    d2 = _dout_matrix(dout)
-    dW = (d2.T @ cols).reshape(cache.W.shape)
-    return _input_gradient(d2, cache, cache.stride, (0, 0)), {"W": dW, "b": dout.sum(axis=(0, 2, 3))}
+    colsT = _im2col_T(_padded_T(cache.x, (0, 0), (2 * ph, 2 * pw)), kh, kw, cache.stride, cache.out_hw)
+    return _wrong_windows_backward(dout, cache, colsT, cache.stride, (0, 0))
 
 
 def _last_example_backward(dout, cache: Cache):
     """The mistake: dW and db hold the last example's contribution only (the accumulator reset for each
     example, or the sum over the examples left out)."""
-    Ho, Wo = cache.out_hw
-    rows = Ho * Wo
-    d2 = _dout_matrix(dout)[-rows:]
-    dW = (d2.T @ cache.cols[-rows:]).reshape(cache.W.shape)
-    return None, {"W": dW, "b": dout[-1].sum(axis=(1, 2))}
+    m = dout.shape[0]
+    d2T = _dout_T(dout).reshape(dout.shape[1], m, -1)[:, -1]
+    colsT = cache.colsT.reshape(cache.colsT.shape[0], m, -1)[:, -1]
+    return None, {"W": (d2T @ colsT.T).reshape(cache.W.shape), "b": d2T.sum(axis=1)}
 
 
 def _strided(hyper) -> bool:

@@ -20,17 +20,19 @@ Array = np.ndarray
 
 def forward(x, params, hyper, state):
     """x (m, C, H, W) -> out (C H W, m), each column one example in the layout's order."""
+    # Copies, never views of the neighbours' arrays: the network scales a layer's dx in place (dropout), and a
+    # view of dout would change the dZ it already keeps.
     m, channels_last = x.shape[0], hyper.get("channels_last", False)
     rows = x.transpose(0, 2, 3, 1) if channels_last else x
-    return rows.reshape(m, -1).T, (x.shape, channels_last)
+    return np.array(rows.reshape(m, -1)).T, (x.shape, channels_last)
 
 
 def backward(dout, cache):
-    """dout (n, m) -> dx (m, C, H, W)."""
+    """dout (n, m) -> dx (m, C, H, W), a new array."""
     (m, C, H, W), channels_last = cache
     if channels_last:
-        return dout.T.reshape(m, H, W, C).transpose(0, 3, 1, 2), {}
-    return dout.T.reshape(m, C, H, W), {}
+        return np.array(dout.T.reshape(m, H, W, C).transpose(0, 3, 1, 2)), {}
+    return np.array(dout.T.reshape(m, C, H, W)), {}
 
 
 def engine_hyper(hyper: dict, layouts: Layouts) -> dict:

@@ -11,7 +11,8 @@ window (ph, pw), stride (sh, sw) (default: the window).
                            mask = (x == max), not split)
                overlapping windows (stride < window) add up.
 
-Both passes loop over the ph * pw offsets of the window, each step vectorised over examples, channels and pixels.
+Both passes loop over the ph * pw offsets of the window, each step vectorised over examples, channels and pixels;
+the forward keeps each window's first maximum (its position in the window), which ``first`` routes to.
 """
 
 from __future__ import annotations
@@ -29,38 +30,53 @@ TIES = ("first", "all")
 
 
 class Cache(NamedTuple):
+    """The input, the output, the window, the stride, the ties policy, and for each window the position (u pw + v)
+    of its first maximum in row-major order."""
+
     x: Array
     out: Array
     size: tuple[int, int]
     stride: tuple[int, int]
     ties: str
+    first: Array
+
+
+def _offsets(size: tuple[int, int]) -> list[tuple[int, int]]:
+    """The window's offsets (u, v) in row-major order."""
+    return [(u, v) for u in range(size[0]) for v in range(size[1])]
 
 
 def forward(x, params, hyper, state):
-    """x (m, C, H, W) -> out (m, C, Ho, Wo), the maximum of each window."""
+    """x (m, C, H, W) -> out (m, C, Ho, Wo), the maximum of each window, and the position of its first maximum
+    (a strictly larger entry replaces the maximum so far: the first of equal ones stays, as PyTorch's loop does)."""
     size, stride = pool_window(hyper)
-    C, Ho, Wo = check_pool(x.shape[1:], hyper, "")[0]
-    out = None
-    for i in range(size[0]):
-        for j in range(size[1]):
-            part = at_offset(x, i, j, (Ho, Wo), stride)
-            out = part.copy() if out is None else np.maximum(out, part, out=out)
-    return out, Cache(x, out, size, stride, hyper.get("ties", "first"))
+    out_hw = check_pool(x.shape[1:], hyper, "")[0][1:]
+    offsets = _offsets(size)
+    out = np.copy(at_offset(x, 0, 0, out_hw, stride), order="K")  # keeps the input's memory order
+    first = np.zeros_like(out, dtype=np.uint8 if len(offsets) <= 256 else np.uint16)
+    for k, (u, v) in enumerate(offsets[1:], start=1):
+        part = at_offset(x, u, v, out_hw, stride)
+        larger = np.greater(part, out)
+        np.maximum(out, part, out=out)
+        # where(larger, k, first) in one cheap pass: k exceeds every position stored so far.
+        np.maximum(first, np.multiply(larger, first.dtype.type(k), dtype=first.dtype), out=first)
+    return out, Cache(x, out, size, stride, hyper.get("ties", "first"), first)
 
 
 def _route(dout: Array, cache: Cache, ties: str) -> Array:
-    """dx: each window's dout to its maximum, ties by ``ties`` (see the module docstring)."""
+    """dx: each window's dout to its maximum, ties by ``ties`` (see the module docstring). Windows that tile the
+    input write their slice of dx once; overlapping ones add up."""
     x, out = cache.x, cache.out
     out_hw = out.shape[2:]
-    dx = np.zeros(x.shape)
-    taken = np.zeros(out.shape, dtype=bool) if ties == "first" else None
-    for i in range(cache.size[0]):
-        for j in range(cache.size[1]):  # row-major order of the window: the first maximum is met first
-            hit = at_offset(x, i, j, out_hw, cache.stride) == out
-            if taken is not None:
-                hit &= ~taken
-                taken |= hit
-            at_offset(dx, i, j, out_hw, cache.stride)[...] += dout * hit
+    tiling = cache.stride[0] >= cache.size[0] and cache.stride[1] >= cache.size[1]
+    dx = np.zeros_like(x, order="K")
+    for k, (u, v) in enumerate(_offsets(cache.size)):
+        hit = cache.first == k if ties == "first" else at_offset(x, u, v, out_hw, cache.stride) == out
+        target = at_offset(dx, u, v, out_hw, cache.stride)
+        if tiling:
+            np.multiply(dout, hit, out=target)
+        else:
+            target += dout * hit
     return dx
 
 
@@ -73,10 +89,9 @@ def _spread_evenly_backward(dout, cache: Cache):
     """The mistake: dout spread evenly over the window (average pooling's backward), not routed to the maximum."""
     x, out = cache.x, cache.out
     share = dout / (cache.size[0] * cache.size[1])
-    dx = np.zeros(x.shape)
-    for i in range(cache.size[0]):
-        for j in range(cache.size[1]):
-            at_offset(dx, i, j, out.shape[2:], cache.stride)[...] += share
+    dx = np.zeros_like(x, order="K")
+    for u, v in _offsets(cache.size):
+        at_offset(dx, u, v, out.shape[2:], cache.stride)[...] += share
     return dx, {}
 
 
