@@ -141,7 +141,7 @@ def _rank_error(i: int, spec, in_rank: int, source: str, layouts: Layouts) -> Er
     else:
         undo = [k.name for k in KINDS.values() if k.input_rank == kind.input_rank and k.out_rank == in_rank]
         message += (f"; no layer kind turns {_rank_words(in_rank)} back into {_rank_words(kind.input_rank)}: put "
-                    f"layers[{i}] before the {' or '.join(undo) or 'layer that changed them'}")
+                    f"layers[{i}] before the {' or '.join(undo) or 'other'} layer")
     return ErrorItem(location=f"layers[{i}]", type="rank_mismatch", message=message)
 
 
