@@ -122,24 +122,44 @@ def kernel(info: dict) -> str:
     return "unknown (threadpoolctl not installed)"
 
 
-def bench(n_threads: int, quick: bool) -> dict:
+def cpu_interleaved(variants: dict, rounds: int, reps: int, warmup: int) -> dict[str, list[float]]:
+    """bench/run.py's interleaved rounds, timed by this process's CPU time (time.process_time): on one thread
+    that is the wall time an idle machine would show, and other processes' load barely moves it."""
+    samples = {name: [] for name in variants}
+    for r in range(rounds):
+        for name, fn in variants.items():
+            for _ in range(warmup if r == 0 else 1):
+                fn()
+            for _ in range(reps):
+                t0 = time.process_time()
+                fn()
+                samples[name].append(time.process_time() - t0)
+    return samples
+
+
+def bench(n_threads: int, quick: bool, clock: str = "wall") -> dict:
     X, Y, layers = make_network()
     net = TorchNet(X, Y, layers)
     with base.threads(n_threads):
         res = compute(X, Y, layers, COST)
         max_abs, max_rel = compare(res, net)
         rounds, reps = (2, 3) if quick else (4, 8)
-        samples, load = base.settled(lambda: base.interleaved({
-            "engine": lambda: compute(X, Y, layers, COST), "torch": net.full}, rounds=rounds, reps=reps, warmup=2),
-            f"{n_threads} thread(s)")
-    row = {"threads": n_threads, "n": len(samples["engine"]), "max_abs": max_abs, "max_rel": max_rel, "load": load,
+        variants = {"engine": lambda: compute(X, Y, layers, COST), "torch": net.full}
+        if clock == "cpu":
+            samples, load = cpu_interleaved(variants, rounds, reps, 2), float("nan")
+        else:
+            samples, load = base.settled(lambda: base.interleaved(variants, rounds=rounds, reps=reps, warmup=2),
+                                         f"{n_threads} thread(s)")
+    row = {"threads": n_threads, "clock": clock, "n": len(samples["engine"]), "max_abs": max_abs, "max_rel": max_rel,
+           "load": load,
            "engine": (base.med(samples["engine"]), min(samples["engine"])),
            "torch": (base.med(samples["torch"]), min(samples["torch"]))}
     row["ratio"] = row["engine"][0] / row["torch"][0]
     row["ratio_min"] = row["engine"][1] / row["torch"][1]
     print(f"  threads={n_threads}  engine {base.ms(row['engine'][0])} ms  torch {base.ms(row['torch'][0])} ms  "
           f"ratio {row['ratio']:.2f} (min/min {row['ratio_min']:.2f})  max|diff| {max_abs:.1e} (rel {max_rel:.1e})  "
-          f"others' load {load:.0%}" + ("  UNRELIABLE" if load >= base.BUSY else ""), flush=True)
+          + (f"others' load {load:.0%}" + ("  UNRELIABLE" if load >= base.BUSY else "") if clock == "wall"
+             else "CPU time"), flush=True)
     return row
 
 
@@ -153,13 +173,14 @@ def section(info: dict, rows: list[dict], quick: bool) -> str:
              f"- numpy {info['versions']['numpy']} ({info['numpy_blas_build']}), torch {info['versions']['torch']} "
              f"(BLAS {info['torch_blas']}, CPU capability {info['torch_cpu_capability']}), threadpoolctl "
              f"{info['versions']['threadpoolctl']}; freed arrays kept on the heap: {info['freed_arrays_kept']}", "",
-             "| threads | runs | engine ms | torch ms | engine / torch | min / min | max abs diff (rel) | others' load "
-             "| target |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| threads | clock | runs | engine ms | torch ms | engine / torch | min / min | max abs diff (rel) "
+             "| others' load | target |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['threads']} | {r['n']} | {base.ms(r['engine'][0])} ({base.ms(r['engine'][1])}) | "
-                     f"{base.ms(r['torch'][0])} ({base.ms(r['torch'][1])}) | {r['ratio']:.2f} | {r['ratio_min']:.2f} | "
-                     f"{r['max_abs']:.1e} ({r['max_rel']:.1e}) | {r['load']:.0%}"
-                     f"{' (unreliable)' if r['load'] >= base.BUSY else ''} | "
+        load = "not measured (CPU time)" if r["clock"] == "cpu" else \
+            f"{r['load']:.0%}{' (unreliable)' if r['load'] >= base.BUSY else ''}"
+        lines.append(f"| {r['threads']} | {r['clock']} | {r['n']} | {base.ms(r['engine'][0])} "
+                     f"({base.ms(r['engine'][1])}) | {base.ms(r['torch'][0])} ({base.ms(r['torch'][1])}) | "
+                     f"{r['ratio']:.2f} | {r['ratio_min']:.2f} | {r['max_abs']:.1e} ({r['max_rel']:.1e}) | {load} | "
                      f"{'met' if r['ratio'] <= 1 else '**missed**'} |")
     return "\n".join(lines) + "\n"
 
@@ -187,6 +208,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=HERE / "images_results.md", help="results file")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--wait-idle", type=float, default=60.0, help="seconds the run may wait for an idle machine")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="also time the 1-thread rows by CPU time (robust on a shared machine; not for 2+ threads)")
     args = ap.parse_args()
     base.RETRY.update(attempts=3, budget=max(0.0, args.wait_idle))
     t0 = time.perf_counter()
@@ -194,6 +217,8 @@ def main() -> int:
     print(f"image kinds benchmark: {NETWORK}\nkernel {kernel(info)} (OPENBLAS_CORETYPE "
           f"{info['OPENBLAS_CORETYPE'] or 'not set'}), torch {info['versions']['torch']} ({info['torch_blas']})")
     rows = [bench(int(n), args.quick) for n in args.threads.split(",")]
+    if args.cpu_time:
+        rows.append(bench(1, args.quick, clock="cpu"))
     print(f"total {time.perf_counter() - t0:.0f} s")
     if not args.no_write:
         write(args.out, section(info, rows, args.quick), kernel(info))

@@ -9,9 +9,9 @@ sw). The wire holds W as (F, C, kh, kw) with ``image_layout: NCHW`` (cs231n, PyT
 form sent.
 
     forward:   out[i, f, r, c] = sum over c', u, v of xpad[i, c', sh r + u, sw c + v] W[f, c', u, v] + b[f]
-               im2col: colsT (C kh kw, m Ho Wo) holds every window (one copy per kernel offset),
-               out = W2 colsT with W2 = W as (F, C kh kw)
-    backward:  d2 = dout as (F, m Ho Wo);  dW = d2 colsT^T;  db = sum over examples and pixels of dout;
+               im2col: colsT (C kh kw + 1, m Ho Wo) holds every window (one copy per kernel offset) and a row
+               of ones; out = [W2 | b] colsT with W2 = W as (F, C kh kw)
+    backward:  d2 = dout as (F, m Ho Wo);  [dW2 | db] = (colsT d2^T)^T (db: the sum over examples and pixels);
                dcolsT = W2^T d2, added back window by window (col2im, one addition per kernel offset), unpadded
 """
 
@@ -29,7 +29,7 @@ Array = np.ndarray
 
 
 class Cache(NamedTuple):
-    """What backward needs: the transposed im2col matrix colsT (C kh kw, m Ho Wo), the weights, the input
+    """What backward needs: the transposed im2col matrix colsT (C kh kw + 1, m Ho Wo), the weights, the input
     (unpadded), strides, padding, the output's size, and whether the kernel was flipped (the mistake of a true
     convolution)."""
 
@@ -65,15 +65,19 @@ def _padded_T(x: Array, before: tuple[int, int], after: tuple[int, int]) -> Arra
 
 
 def _im2col_T(xpT: Array, kh: int, kw: int, stride: tuple[int, int], out_hw: tuple[int, int]) -> Array:
-    """colsT (C kh kw, m Ho Wo): row (c, u, v) holds every window's entry at offset (u, v) of channel c. One
-    vectorised copy per kernel offset."""
+    """colsT (C kh kw + 1, m Ho Wo): row (c, u, v) holds every window's entry at offset (u, v) of channel c (one
+    vectorised copy per kernel offset); the last row is ones, so that the product with [W2 | b] adds the bias and
+    the one with dout gives db."""
     C, m = xpT.shape[:2]
     (Ho, Wo), (sh, sw) = out_hw, stride
-    colsT = np.empty((C, kh, kw, m, Ho, Wo))
+    K, N = C * kh * kw, m * Ho * Wo
+    colsT = np.empty((K + 1, N))
+    windows = colsT[:K].reshape(C, kh, kw, m, Ho, Wo)
     for u in range(kh):
         for v in range(kw):
-            colsT[:, u, v] = xpT[:, :, u:u + sh * (Ho - 1) + 1:sh, v:v + sw * (Wo - 1) + 1:sw]
-    return colsT.reshape(C * kh * kw, m * Ho * Wo)
+            windows[:, u, v] = xpT[:, :, u:u + sh * (Ho - 1) + 1:sh, v:v + sw * (Wo - 1) + 1:sw]
+    colsT[K] = 1.0
+    return colsT
 
 
 def _convolve(x: Array, W: Array, b: Array, stride, pad, flipped: bool = False) -> tuple[Array, Cache]:
@@ -81,8 +85,9 @@ def _convolve(x: Array, W: Array, b: Array, stride, pad, flipped: bool = False) 
     F, _, kh, kw = W.shape
     out_hw = (out_size(H + 2 * pad[0], kh, stride[0]), out_size(Wd + 2 * pad[1], kw, stride[1]))
     colsT = _im2col_T(_padded_T(x, pad, pad), kh, kw, stride, out_hw)
-    outT = W.reshape(F, -1) @ colsT  # (F, m Ho Wo)
-    outT += b.reshape(F, 1)
+    Wb = np.empty((F, colsT.shape[0]))
+    Wb[:, :-1], Wb[:, -1] = W.reshape(F, -1), b
+    outT = Wb @ colsT  # (F, m Ho Wo), the bias included
     out = outT.reshape(F, m, *out_hw).transpose(1, 0, 2, 3)
     return out, Cache(colsT, W, x, stride, pad, out_hw, flipped)
 
@@ -117,13 +122,18 @@ def _input_gradient(d2T: Array, cache: Cache, stride, origin: tuple[int, int]) -
     return dxpT[:, :, top:top + H, left:left + Wd].transpose(1, 0, 2, 3)
 
 
+def _param_gradients(d2T: Array, colsT: Array, shape: tuple[int, ...]) -> tuple[Array, Array]:
+    """dW (shape) and db from one product: colsT d2T^T is (C kh kw + 1, F), its last row (the ones') db."""
+    dWb = colsT @ d2T.T
+    return np.ascontiguousarray(dWb[:-1].T).reshape(shape), dWb[-1].copy()
+
+
 def backward(dout, cache: Cache):
     """dout (m, F, Ho, Wo) -> dx (m, C, H, W), {W: (F, C, kh, kw), b: (F,)}."""
     d2T = _dout_T(dout)
-    dW = (d2T @ cache.colsT.T).reshape(cache.W.shape)
+    dW, db = _param_gradients(d2T, cache.colsT, cache.W.shape)
     if cache.flipped:  # the gradient of the flipped kernel, flipped back onto W's own entries
         dW = np.ascontiguousarray(dW[:, :, ::-1, ::-1])
-    db = d2T.sum(axis=1)
     return _input_gradient(d2T, cache, cache.stride, cache.pad), {"W": dW, "b": db}
 
 
@@ -137,8 +147,8 @@ def _flipped_forward(x, params, hyper, state):
 
 def _wrong_windows_backward(dout, cache: Cache, colsT: Array, stride, origin):
     d2T = _dout_T(dout)
-    dW = (d2T @ colsT.T).reshape(cache.W.shape)
-    return _input_gradient(d2T, cache, stride, origin), {"W": dW, "b": d2T.sum(axis=1)}
+    dW, db = _param_gradients(d2T, colsT, cache.W.shape)
+    return _input_gradient(d2T, cache, stride, origin), {"W": dW, "b": db}
 
 
 def _stride_ignored_backward(dout, cache: Cache):
@@ -164,7 +174,8 @@ def _last_example_backward(dout, cache: Cache):
     m = dout.shape[0]
     d2T = _dout_T(dout).reshape(dout.shape[1], m, -1)[:, -1]
     colsT = cache.colsT.reshape(cache.colsT.shape[0], m, -1)[:, -1]
-    return None, {"W": (d2T @ colsT.T).reshape(cache.W.shape), "b": d2T.sum(axis=1)}
+    dW, db = _param_gradients(d2T, colsT, cache.W.shape)
+    return None, {"W": dW, "b": db}
 
 
 def _strided(hyper) -> bool:
