@@ -15,6 +15,7 @@ The JSON schema of a field is the nested-list form the JSON body uses: ``{"type"
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 import numpy as np
@@ -407,3 +408,25 @@ Vector = array_type(1)
 MatrixOrVector = array_type(1, 2)
 # A matrix or vector whose entries may also be null (NaN in the array): submitted answers.
 NullableMatrixOrVector = array_type(1, 2, nullable=True)
+
+
+def _scalar_or(array_validator):
+    """A number (a 0-d array; null: NaN) or an array validated by ``array_validator``."""
+
+    def validate(value: Any) -> np.ndarray:
+        if value is None:
+            return np.array(np.nan)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise PydanticCustomError("finite_number", "expected a finite number")
+            return np.array(float(value))
+        return array_validator(value)
+
+    return validate
+
+
+def scalar_or_array_type(*ndims: int) -> Any:
+    """A submitted value: a number or null (a 0-d array, NaN for null), or an array of ``ndims`` dimensions whose
+    entries may be null."""
+    schema = {"anyOf": [{"type": "number"}, {"type": "null"}, _json_schema(ndims, True)]}
+    return Annotated[np.ndarray, PlainValidator(_scalar_or(_validator(ndims, True))), WithJsonSchema(schema)]

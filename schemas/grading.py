@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import numpy as np
 from annotated_types import Len
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr,
-                      RootModel, StrictBool, Tag, ValidationError, WrapValidator, model_validator)
+                      RootModel, StrictBool, Tag, ValidationError, WrapValidator, create_model, model_validator)
 from pydantic_core import PydanticCustomError
 
 # The matrix-or-vector parsing of schemas.common, reused for arrays whose entries may be null (None -> NaN).
@@ -35,6 +35,7 @@ from schemas.arrays import MORE_ERRORS, array_type
 from schemas.common import FiniteFloat
 from schemas.errors import ErrorItem, InvalidRequest, format_location, from_validation_error
 from schemas.gradescope import VISIBILITIES, GradescopeResponse, document, invalid_document, shape_text
+from schemas import junit, prairielearn
 from schemas.gradients import GradientRequest, Prepared, prepare
 from schemas.limits import Limits
 from schemas.policy import MAX_SUBMISSIONS, Policy
@@ -163,58 +164,79 @@ _BOUNDED = ("The key's policy may bound it: a value sent outside its bounds is a
             "default is moved into them.")
 
 
-# The body of POST /v1/grade.
-class GradeRequest(GradientRequest):
-    submission: Optional[Submission] = Field(default=None, description="One student's values (malformed: a 422). "
-                                                                        "Send this or `submissions`.")
-    submissions: Optional[Annotated[list[BatchItem], Len(min_length=1)]] = Field(
-        default=None, description=f"The batch form: many students' values graded against one reference, computed "
-                                  f"once (1 to {MAX_SUBMISSIONS} of them, fewer if the key's policy says so). Send "
-                                  f"this or `submission`. Each is validated on its own: a malformed one gets a result "
-                                  f"with `status: invalid` and its located `errors`, the others are graded. The batch "
-                                  f"is priced before any work: at most {MAX_KEY_RESULTS} graded keys in all, and the "
-                                  f"comparisons with the reference and with every hypothesis a wrong key may be "
-                                  f"tested against within a fixed budget (422 `limit_exceeded` otherwise).")
-    rtol: Annotated[FiniteFloat, Field(ge=0)] = Field(default=grading.DEFAULT_RTOL, description=f"Relative tolerance, default 1e-5: {_RULE}. {_BOUNDED}")
-    atol: Annotated[FiniteFloat, Field(ge=0)] = Field(default=grading.DEFAULT_ATOL, description=f"Absolute tolerance, default 1e-8: {_RULE}. {_BOUNDED}")
-    points: Optional[Annotated[dict[str, Annotated[FiniteFloat, Field(ge=0, le=1e6)]], Len(min_length=1)]] = Field(
-        default=None, description="Points per key (at least one key; leave `points` out for the default); these keys "
-                                  "are graded and a key not submitted is `missing`. A key is worth its points when "
-                                  "`correct`, 0 otherwise. Default: every submitted key, 1 point each. Submitted "
-                                  "keys not listed are graded for information, worth 0.")
-    reveal: StrictBool = Field(default=False, description="Include the reference: the top-level `reference` (every "
-                                                          "graded key, once per request), each worst entry's value, "
-                                                          "exact errors and the fitted evidence of diagnoses (403 "
-                                                          "when the key's policy does not allow it). Default false: "
-                                                          "no number of the response, messages included, is computed "
-                                                          "from the reference except the errors and `difference`, "
-                                                          "rounded up to a power of ten (`error_precision`; none at "
-                                                          "all under a policy with `feedback: status`), and counts "
-                                                          "and indices of entries. Each graded value still answers a "
-                                                          "question about the reference (is it within the tolerance? "
-                                                          "in which power of ten is the error?): the README's Threat "
-                                                          "model says how many requests a search needs under each "
-                                                          "policy.")
-    shape_policy: Literal["strict", "lenient"] = Field(
-        default="strict", description="A shape that differs only by axes of length 1 (db as (n,) where (n, 1) was "
-                                      "expected, or the reverse): `strict` grades it `shape_mismatch` (with the "
-                                      "`column_vs_vector` diagnosis when the values are right); `lenient` grades the "
-                                      "values and adds a note.")
-    format: Literal["native", "gradescope"] = Field(
-        default="native", description="`native`: this service's JSON. `gradescope`: a Gradescope results.json "
-                                      "(`score`, `output`, `tests[]` with `name`, `score`, `max_score`, `status`, "
-                                      "`output`, `visibility`), one per submission in the batch form.")
-    visibility: Literal[VISIBILITIES] = Field(  # type: ignore[valid-type]
-        default="visible", description="Gradescope `visibility` of each test (with `format: gradescope`).")
-    include_caches: NotUsed = Field(default=False, description="Accepted (a /v1/gradients body can be sent as it "
-                                                               "is) and ignored by this route.")
+_SUBMISSIONS = (f"The batch form: many students' values graded against one reference, computed once (1 to "
+                f"{MAX_SUBMISSIONS} of them, fewer if the key's policy says so). Send this or `submission`. Each is "
+                f"validated on its own: a malformed one gets a result with `status: invalid` and its located "
+                f"`errors`, the others are graded. The batch is priced before any work: at most {MAX_KEY_RESULTS} "
+                f"graded keys in all, and the comparisons with the reference and with every hypothesis a wrong key "
+                f"may be tested against within a fixed budget (422 `limit_exceeded` otherwise).")
 
-    @model_validator(mode="after")
-    def _one_form(self) -> "GradeRequest":
-        if (self.submission is None) == (self.submissions is None):
-            raise PydanticCustomError("submission_form", "send exactly one of `submission` (one student) and "
-                                                         "`submissions` (the batch form)")
-        return self
+
+def grading_fields(submission: Any, batch_item: Any) -> dict[str, Any]:
+    """The fields every grading request adds to its task's body, in order (``create_model`` definitions):
+    ``submission`` (of type ``submission``) or ``submissions`` (of ``batch_item``), the tolerances, points,
+    reveal, shape policy, format and visibility."""
+    return {
+        "submission": (Optional[submission], Field(default=None, description="One student's values (malformed: a "
+                                                                             "422). Send this or `submissions`.")),
+        "submissions": (Optional[Annotated[list[batch_item], Len(min_length=1)]],
+                        Field(default=None, description=_SUBMISSIONS)),
+        "rtol": (Annotated[FiniteFloat, Field(ge=0)], Field(default=grading.DEFAULT_RTOL, description=f"Relative "
+                 f"tolerance, default 1e-5: {_RULE}. {_BOUNDED}")),
+        "atol": (Annotated[FiniteFloat, Field(ge=0)], Field(default=grading.DEFAULT_ATOL, description=f"Absolute "
+                 f"tolerance, default 1e-8: {_RULE}. {_BOUNDED}")),
+        "points": (Optional[Annotated[dict[str, Annotated[FiniteFloat, Field(ge=0, le=1e6)]], Len(min_length=1)]],
+                   Field(default=None, description="Points per key (at least one key; leave `points` out for the "
+                                                   "default); these keys are graded and a key not submitted is "
+                                                   "`missing`. A key is worth its points when `correct`, 0 otherwise. "
+                                                   "Default: every submitted key, 1 point each. Submitted keys not "
+                                                   "listed are graded for information, worth 0.")),
+        "reveal": (StrictBool, Field(default=False, description=_REVEAL)),
+        "shape_policy": (Literal["strict", "lenient"], Field(
+            default="strict", description="A shape that differs only by axes of length 1 (db as (n,) where (n, 1) "
+                                          "was expected, or the reverse): `strict` grades it `shape_mismatch` (with "
+                                          "the `column_vs_vector` diagnosis when the values are right); `lenient` "
+                                          "grades the values and adds a note.")),
+        "format": (Literal["native", "gradescope", "prairielearn", "junit"], Field(default="native",
+                                                                                  description=_FORMAT)),
+        "visibility": (Literal[VISIBILITIES], Field(  # type: ignore[valid-type]
+            default="visible", description="Gradescope `visibility` of each test (with `format: gradescope`).")),
+    }
+
+
+_REVEAL = ("Include the reference: the top-level `reference` (every graded key, once per request), each worst entry's "
+           "value, exact errors and the fitted evidence of diagnoses (403 when the key's policy does not allow it). "
+           "Default false: no number of the response, messages included, is computed from the reference except the "
+           "errors and `difference`, rounded up to a power of ten (`error_precision`; none at all under a policy "
+           "with `feedback: status`), and counts and indices of entries. Each graded value still answers a question "
+           "about the reference (is it within the tolerance? in which power of ten is the error?): the README's "
+           "Threat model says how many requests a search needs under each policy.")
+_FORMAT = ("`native`: this service's JSON. `gradescope`: a Gradescope results.json (`score`, `output`, `tests[]` with "
+           "`name`, `score`, `max_score`, `status`, `output`, `visibility`), one per submission in the batch form. "
+           "`prairielearn`: a PrairieLearn external grader's results.json (`gradable`, `score` in [0, 1], `message`, "
+           "`tests[]` with `name`, `points`, `max_points`, `message`, `output`). `junit`: JUnit XML as "
+           "`application/xml` (a testsuite per submission, a testcase per key, the diagnosis in the failure "
+           "message).")
+
+
+def _one_form(self):
+    if (self.submission is None) == (self.submissions is None):
+        raise PydanticCustomError("submission_form", "send exactly one of `submission` (one student) and "
+                                                     "`submissions` (the batch form)")
+    return self
+
+
+ONE_FORM = {"_one_form": model_validator(mode="after")(_one_form)}
+
+# The body of POST /v1/grade with `task: gradients` (the default): a /v1/gradients body and the grading fields.
+GradeRequest = create_model(
+    "GradeRequest", __base__=GradientRequest, __validators__=ONE_FORM,
+    task=(Literal["gradients"], Field(default="gradients", description="`gradients` (the default): a whole "
+                                                                       "network, as POST /v1/gradients takes it.")),
+    **grading_fields(Submission, BatchItem),
+    include_caches=(NotUsed, Field(default=False, description="Accepted (a /v1/gradients body can be sent as it is) "
+                                                              "and ignored by this route.")),
+)
 
 
 def _over(location: str, message: str) -> InvalidRequest:
@@ -263,7 +285,7 @@ def _refused(location: str, message: str, policy_name: str) -> InvalidRequest:
                           status=403, title="Not allowed by this key's policy", slug="policy-forbidden")
 
 
-def apply_policy(req: GradeRequest, policy: Policy, name: str) -> Effective:
+def apply_policy(req, policy: Policy, name: str) -> Effective:
     """The request checked against the caller's policy: 403 naming the field and the policy for ``reveal`` where
     it is not allowed, more submissions than it allows, or a tolerance sent outside its bounds (a tolerance not
     sent is moved into them)."""
@@ -299,24 +321,51 @@ def _located(exc: ValidationError, base: tuple) -> list[ErrorItem]:
     return items
 
 
-def _key_errors(arrays: dict[str, np.ndarray], base: str, layers: list, points: Optional[dict]) -> list[ErrorItem]:
+@dataclass(frozen=True)
+class KeySet:
+    """The keys a request can grade, how to list them, and what they are keys of ("this 3-layer network")."""
+
+    valid: frozenset[str]
+    listing: str
+    of: str
+
+
+def _key_errors(arrays: dict[str, np.ndarray], base: str, keyset: KeySet, points: Optional[dict]) -> list[ErrorItem]:
     """Unknown key names, or nothing to grade."""
-    valid = set(grading.key_names(layers))
-    L, listing = len(layers), grading.key_summary(layers)
     errors = []
     if not arrays and not points:
         errors.append(ErrorItem(location=base, type="empty_submission",
                                 message=f"the submission holds no key, so there is nothing to grade: send at least "
-                                        f"one of {listing} (or list keys in `points` to grade them as missing)"))
+                                        f"one of {keyset.listing} (or list keys in `points` to grade them as missing)"))
     for key in arrays:
-        if key not in valid:
+        if key not in keyset.valid:
             errors.append(ErrorItem(location=f"{base}.{key}", type="unknown_key",
-                                    message=f"{key!r} is not a quantity of this {L}-layer network; the keys are "
-                                            f"{listing}"))
+                                    message=f"{key!r} is not a quantity of {keyset.of}; the keys are "
+                                            f"{keyset.listing}"))
     return errors
 
 
-def _read_submissions(req: GradeRequest, limits: Limits) -> Batch:
+def check_keys(req, subs: "Batch", keyset: KeySet) -> None:
+    """Key names of every submission and of ``points``: a 422 in the single form, a submission set aside with its
+    errors in the batch form; then what each set-aside submission would have been worth."""
+    batch = req.submissions is not None
+    for i, arrays in enumerate(subs.arrays):
+        errors = [] if arrays is None else _key_errors(arrays, f"submissions[{i}]" if batch else "submission",
+                                                       keyset, req.points)
+        if errors and not batch:
+            raise InvalidRequest(errors)
+        if errors:
+            subs.arrays[i], subs.errors[i] = None, errors
+    bad_points = [ErrorItem(location=f"points.{key}", type="unknown_key",
+                            message=f"{key!r} is not a quantity of {keyset.of}; the keys are {keyset.listing}")
+                  for key in req.points or {} if key not in keyset.valid]
+    if bad_points:
+        raise InvalidRequest(bad_points)
+    subs.worth = [_worth(raw, req.points, keyset.valid) if arrays is None else 0.0
+                  for arrays, raw in zip(subs.arrays, req.submissions if batch else [req.submission])]
+
+
+def read_submissions(req, limits: Limits) -> Batch:
     """The submissions' arrays, the malformed ones of the batch form (see ``_keep_malformed``) set aside with
     their located errors; then the element count, before any work."""
     batch = req.submissions is not None
@@ -343,25 +392,10 @@ def prepare_grading(req: GradeRequest, limits: Limits) -> tuple[Prepared, Batch]
     is set aside with its located errors; of the single form, it is a 422."""
     batch = req.submissions is not None
     where = "submissions" if batch else "submission"
-    subs = _read_submissions(req, limits)
+    subs = read_submissions(req, limits)
     prep = prepare(req, limits)
-    L = len(prep.layers)
-    valid = set(grading.key_names(prep.layers))
-    for i, arrays in enumerate(subs.arrays):
-        errors = [] if arrays is None else _key_errors(arrays, f"submissions[{i}]" if batch else "submission",
-                                                       prep.layers, req.points)
-        if errors and not batch:
-            raise InvalidRequest(errors)
-        if errors:
-            subs.arrays[i], subs.errors[i] = None, errors
-    bad_points = [ErrorItem(location=f"points.{key}", type="unknown_key",
-                            message=f"{key!r} is not a quantity of this {L}-layer network; the keys are "
-                                    f"{grading.key_summary(prep.layers)}")
-                  for key in req.points or {} if key not in valid]
-    if bad_points:
-        raise InvalidRequest(bad_points)
-    subs.worth = [_worth(raw, req.points, valid) if arrays is None else 0.0
-                  for arrays, raw in zip(subs.arrays, req.submissions if batch else [req.submission])]
+    check_keys(req, subs, KeySet(frozenset(grading.key_names(prep.layers)), grading.key_summary(prep.layers),
+                                 f"this {len(prep.layers)}-layer network"))
     _price(req, prep, subs, where)
     subs.arrays = [None if sub is None else
                    {k: (prep.layouts.to_engine_activation(a) if grading.is_per_example(k) else a)
@@ -370,7 +404,7 @@ def prepare_grading(req: GradeRequest, limits: Limits) -> tuple[Prepared, Batch]
     return prep, subs
 
 
-def _worth(raw: Submission | Malformed, points: Optional[dict[str, float]], valid: set[str]) -> float:
+def _worth(raw, points: Optional[dict[str, float]], valid: frozenset[str]) -> float:
     """What a malformed submission would have been worth: the total of ``points``, else 1 per valid key it has."""
     if points:
         return float(sum(points.values()))
@@ -378,18 +412,23 @@ def _worth(raw: Submission | Malformed, points: Optional[dict[str, float]], vali
 
 
 def _price(req: GradeRequest, prep: Prepared, subs: Batch, where: str) -> None:
-    """422 ``limit_exceeded`` when the graded keys or the comparisons are over the limits."""
+    work = grading.grading_work(prep.layers, prep.dropout, ({k: a.size for k, a in sub.items()} for sub in subs.graded))
+    price(req, subs, where, work, grading.LOCAL_CANDIDATES + len(grading.hypotheses(prep.layers, prep.dropout)))
+
+
+def price(req, subs: Batch, where: str, work: int, candidates: int) -> None:
+    """422 ``limit_exceeded`` when the graded keys or the comparisons (``work``, numbers compared with up to
+    ``candidates`` hypotheses per key) are over the limits."""
     listed = set(req.points or ())
     results = sum(len(listed | set(sub)) for sub in subs.graded)
     if results > MAX_KEY_RESULTS:
         raise _over(where, f"this request grades {results} keys in all (each submission's keys, `points` included), "
                            f"over this service's limit of {MAX_KEY_RESULTS}: send the batch in smaller parts")
-    work = grading.grading_work(prep.layers, prep.dropout, ({k: a.size for k, a in sub.items()} for sub in subs.graded))
     if work > MAX_GRADING_WORK:
         raise _over(where, f"grading this request compares each submitted array with the reference and with up to "
-                           f"{grading.LOCAL_CANDIDATES + len(grading.hypotheses(prep.layers, prep.dropout))} "
-                           f"hypotheses of a mistake, priced at {work} numbers compared, over this service's limit of "
-                           f"{MAX_GRADING_WORK}: send fewer submissions per request, or fewer or smaller keys")
+                           f"{candidates} hypotheses of a mistake, priced at {work} numbers compared, over this "
+                           f"service's limit of {MAX_GRADING_WORK}: send fewer submissions per request, or fewer or "
+                           f"smaller keys")
 
 
 # --- response --------------------------------------------------------------------------------------------------
@@ -482,7 +521,7 @@ class GradeResponse(BaseModel):
 
 
 # Any 200 body of POST /v1/grade.
-class GradeAnyResponse(RootModel[Union[GradeResponse, GradescopeResponse]]):
+class GradeAnyResponse(RootModel[Union[GradeResponse, GradescopeResponse, prairielearn.PrairieLearnResponse]]):
     pass
 
 
@@ -498,20 +537,32 @@ def power_of_ten(x: float | None) -> float | None:
     return 10.0 ** k if k <= 308 else float(np.finfo(np.float64).max)
 
 
-def _flip(key: str, index: tuple[int, ...] | None, layouts: Layouts) -> list[int] | None:
-    """An index (or shape) of a key's reference form in the wire's form (per-example keys by the layouts)."""
+def _channels_last(ref, key: str) -> bool:
+    """Whether the key is an image batch held (m, C, H, W) here and (m, H, W, C) at the wire (image_layout NHWC);
+    a step's reference (no layouts) holds its arrays as the wire does."""
+    layouts = getattr(ref, "layouts", None)
+    return layouts is not None and layouts.channels_last and grading.is_per_example(key)
+
+
+def _flip(key: str, index: tuple[int, ...] | None, ref) -> list[int] | None:
+    """An index (or shape) into the reference's array -> the request's layout (``ref.flips``: held transposed;
+    image batches by image_layout)."""
     if index is None:
         return None
-    if grading.is_per_example(key):
-        index = layouts.index_to_wire(tuple(index))
+    if len(index) == 2 and ref.flips(key):
+        return [int(index[1]), int(index[0])]
+    if len(index) == 4 and _channels_last(ref, key):
+        return [int(i) for i in Layouts(channels_last=True).index_to_wire(tuple(index))]
     return [int(i) for i in index]
 
 
-def _wire_array(key: str, a: np.ndarray, layouts: Layouts) -> Any:
+def _wire_array(key: str, a: np.ndarray, ref) -> Any:
     if a.ndim == 0:
         return None if np.isnan(a) else float(a)
-    if grading.is_per_example(key):
-        a = layouts.to_wire_activation(a)
+    if a.ndim == 2 and ref.flips(key):
+        a = a.T
+    if a.ndim == 4 and _channels_last(ref, key):
+        a = Layouts(channels_last=True).to_wire_activation(a)
     return np.ascontiguousarray(a)
 
 
@@ -521,26 +572,25 @@ def _evidence(d: grading.Diagnosis, exact: bool) -> dict[str, Any]:
     return dict(d.evidence) if exact else {k: v for k, v in d.evidence.items() if k not in d.fitted}
 
 
-def _key_result(kg: grading.KeyGrade, expected: tuple[int, ...], precision: str, layouts: Layouts,
-                notes: list[str]) -> dict:
+def _key_result(kg: grading.KeyGrade, expected: tuple[int, ...], precision: str, ref, notes: list[str]) -> dict:
     """One key as the response shows it. ``precision``: exact (reveal), power_of_ten or none (errors, wrong-entry
     count and worst entry left out)."""
     c = kg.comparison
     exact = precision == "exact"
     coarse = (lambda x: x) if exact else power_of_ten if precision == "power_of_ten" else (lambda x: None)
     body: dict[str, Any] = {"key": kg.key, "status": kg.status, "points": kg.points, "earned": kg.earned,
-                            "expected_shape": _flip(kg.key, expected, layouts) or [],
+                            "expected_shape": _flip(kg.key, expected, ref) or [],
                             "shape": None, "max_abs_error": None, "max_rel_error": None, "difference": None,
                             "wrong_entries": None, "entries": 0, "worst": None, "null_entries": 0,
                             "first_null": None, "diagnosis": None, "notes": notes + list(kg.notes)}
     if c is not None:
-        body.update({"shape": _flip(kg.key, c.shape, layouts) or [], "max_abs_error": coarse(c.max_abs_error),
+        body.update({"shape": _flip(kg.key, c.shape, ref) or [], "max_abs_error": coarse(c.max_abs_error),
                      "max_rel_error": coarse(c.max_rel_error), "difference": coarse(c.difference),
                      "wrong_entries": c.wrong_entries if precision != "none" else None,
                      "null_entries": c.null_entries, "entries": c.entries,
-                     "first_null": _flip(kg.key, c.first_null, layouts)})
+                     "first_null": _flip(kg.key, c.first_null, ref)})
         if c.worst_index is not None and precision != "none":
-            body["worst"] = {"index": _flip(kg.key, c.worst_index, layouts) or [], "submitted": c.worst_submitted,
+            body["worst"] = {"index": _flip(kg.key, c.worst_index, ref) or [], "submitted": c.worst_submitted,
                              "reference": c.worst_reference if exact else None}
         if c.status == "shape_mismatch" and not c.reshaped:
             body["notes"].append(f"{kg.key} is {shape_text(body['shape'])} but {shape_text(body['expected_shape'])} "
@@ -552,10 +602,9 @@ def _key_result(kg: grading.KeyGrade, expected: tuple[int, ...], precision: str,
     return body
 
 
-def _grade_result(g: grading.SubmissionGrade, ref: grading.Reference, precision: str, layouts: Layouts,
-                  notes: dict[str, list[str]]) -> dict:
+def _grade_result(g: grading.SubmissionGrade, ref, precision: str, notes: dict[str, list[str]]) -> dict:
     return {"status": "graded", "score": g.score, "max_score": g.max_score,
-            "keys": [_key_result(k, ref.arrays[k.key].shape, precision, layouts, notes.get(k.key, []))
+            "keys": [_key_result(k, ref.arrays[k.key].shape, precision, ref, notes.get(k.key, []))
                      for k in g.keys],
             "diagnoses": [{"code": d.code, "layer": d.layer, "message": d.message, "keys": keys}
                           for d, keys in g.summary],
@@ -567,16 +616,19 @@ def _invalid_result(errors: list[ErrorItem], worth: float) -> dict:
             "errors": [e.model_dump() for e in errors]}
 
 
-def grade_to_wire(grades: list[grading.SubmissionGrade], ref: grading.Reference, prep: Prepared,
-                  req: GradeRequest, subs: Batch, effective: Effective) -> dict:
-    """The engine's grades (one per well-formed submission, in order) -> the response body in the requested
-    format, the malformed submissions in their places."""
+def grade_to_wire(grades: list[grading.SubmissionGrade], ref, req, subs: Batch,
+                  effective: Effective) -> dict | junit.JUnitXML:
+    """The engine's grades (one per well-formed submission, in order) against ``ref`` (a network's Reference or
+    a step's) -> the response body in the requested format, the malformed submissions in their places."""
     precision = effective.precision(req.reveal)
     graded = iter(grades)
     results = [_invalid_result(errors, worth) if arrays is None else
-               _grade_result(next(graded), ref, precision, prep.layouts, notes)
+               _grade_result(next(graded), ref, precision, notes)
                for arrays, errors, notes, worth in zip(subs.arrays, subs.errors, subs.notes, subs.worth)]
     tol = effective.tolerance
+    if req.format in ("prairielearn", "junit"):  # built from the native results, each in its own module
+        return (prairielearn if req.format == "prairielearn" else junit).response(results, tol, precision,
+                                                                                  req.submissions is not None)
     if req.format == "gradescope":
         docs = [invalid_document(r, req.visibility) if r["status"] == "invalid" else
                 document(r, tol, req.visibility, precision) for r in results]
@@ -589,6 +641,5 @@ def grade_to_wire(grades: list[grading.SubmissionGrade], ref: grading.Reference,
         body["result"] = results[0]
     if req.reveal:
         keys = {k.key for g in grades for k in g.keys}
-        body["reference"] = {k: _wire_array(k, ref.arrays[k], prep.layouts)
-                             for k in grading.key_names(ref.layers) if k in keys}
+        body["reference"] = {k: _wire_array(k, ref.arrays[k], ref) for k in ref.order if k in keys}
     return body

@@ -2,8 +2,10 @@
 
 A layer object is ``{"type": <kind>, <its parameters>, <its running statistics>, <its hyperparameters>,
 "activation", "negative_slope"}``; ``type`` defaults to ``dense``. The models form a union discriminated by
-``type`` (OpenAPI documents each kind); the pydantic field of each declaration comes from its neutral form here, so
-that a kind is one engine module and nothing in this package names one.
+``type``; the pydantic field of each declaration comes from its neutral form here, so that a kind is one engine
+module and nothing in this package names one. OpenAPI documents the union as a ``oneOf`` of the kinds' schemas,
+each with its ``type`` as an enum of one name: exactly one matches any layer (a dense one may leave ``type`` out,
+which an OpenAPI ``discriminator`` would forbid: its property must be present).
 """
 
 from __future__ import annotations
@@ -111,26 +113,12 @@ def _layer_kind(value: Any) -> str | None:
     return getattr(value, "type", None)
 
 
-class _DocumentedDiscriminator:
-    """Writes the union's ``discriminator`` (``type`` -> each kind's schema) into the JSON schema, which pydantic
-    leaves out for a callable discriminator (one that defaults to dense)."""
-
-    def __get_pydantic_json_schema__(self, core_schema, handler):
-        schema = handler(core_schema)
-        refs = [item.get("$ref") for item in schema.get("oneOf", [])]
-        if all(refs):
-            schema["discriminator"] = {"propertyName": "type",
-                                       "mapping": {name: ref for name, ref in zip(LAYER_MODELS, refs)}}
-        return schema
-
-
 # One layer of any kind.
 LayerSpec = Annotated[
     Union[tuple(Annotated[model, Tag(name)] for name, model in LAYER_MODELS.items())],  # type: ignore[misc]
     # A layer that is not an object: reported as pydantic reports a model (schemas.errors renames the type).
     Discriminator(_layer_kind, custom_error_type="layer_type",
                   custom_error_message="Input should be a valid dictionary or instance of LayerSpec"),
-    _DocumentedDiscriminator(),
 ]
 
 

@@ -29,6 +29,38 @@ class CostInfo(BaseModel):
     formula: str
     dA_formula: str
     label_domain: str
+    output_domain: str = Field(description="What AL may hold in POST /v1/cost (taken as exact there).")
+
+
+# One optimizer rule in one convention (POST /v1/optimizer-step).
+class RuleInfo(BaseModel):
+    hyperparameters: dict[str, float] = Field(description="Each hyperparameter and its default.")
+    state: list[str] = Field(description="The state it keeps, each a dictionary keyed by gradient name.")
+    extras: list[str] = Field(description="What else the response holds (Adam's bias-corrected moments).")
+    step_number: Optional[str] = Field(description="How t is used: `as sent`, `t + 1`; null: no step number.")
+    formula: str
+
+
+# One registered optimizer.
+class OptimizerInfo(BaseModel):
+    name: str
+    description: str
+    conventions: dict[str, RuleInfo]
+    mistakes: list[str] = Field(description="The diagnosis codes of its typical mistakes (POST /v1/grade).")
+
+
+def optimizer_info(unit) -> OptimizerInfo:
+    """A registered optimizer (service.engine.optimizers.Optimizer) as /v1 lists it."""
+    def step_number(rule) -> Optional[str]:
+        if rule.t_used is None:
+            return None
+        return "as sent" if rule.t_used(1) == 1 else f"t + {rule.t_used(1) - 1}"
+
+    return OptimizerInfo(
+        name=unit.name, description=unit.description,
+        conventions={c: RuleInfo(hyperparameters=r.defaults, state=list(r.state), extras=list(r.extras),
+                                 step_number=step_number(r), formula=r.formula) for c, r in unit.rules.items()},
+        mistakes=sorted({m.code for m in unit.mistakes}))
 
 
 # One parameter, running statistic or hyperparameter of a layer kind.
@@ -80,6 +112,9 @@ class ServiceInfo(BaseModel):
     activations: list[ActivationInfo]
     costs: list[CostInfo]
     kinds: list[KindInfo] = Field(description="The layer kinds (`layers[i].type`), from the engine's registry.")
+    optimizers: list[OptimizerInfo] = Field(description="The optimizers of POST /v1/optimizer-step.")
+    grading_tasks: dict[str, str] = Field(description="Each `task` of POST /v1/grade and the route whose body it "
+                                                      "grades.")
     layouts: list[str]
     weight_layouts: list[str]
     intermediates: list[str]

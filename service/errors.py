@@ -44,7 +44,7 @@ def _invalid_request(exc: InvalidRequest) -> Response:
 
 
 def _overflow(exc: NumericalOverflow) -> Response:
-    location = "cost" if exc.stage == "cost" else f"layers[{exc.layer - 1}]"
+    location = exc.location or ("cost" if exc.stage == "cost" else f"layers[{exc.layer - 1}]")
     item = ErrorItem(location=location, type="numerical_overflow",
                      message=f"the {exc.stage} overflows float64 at {exc.quantity}; scale down the weights or inputs")
     return _invalid_request(InvalidRequest([item], title="Numerical overflow", slug="numerical-overflow"))

@@ -14,9 +14,12 @@ from flask import Blueprint, current_app, g
 from schemas.explain import ExplainRequest, ExplainResponse, explain_to_wire, prepare_explain
 from schemas.gradient_check import (DEFAULT_MAX_FORWARD_PASSES, GradientCheckRequest, GradientCheckResponse,
                                     check_to_wire, prepare_check)
+from schemas import junit
 from schemas.grading import (MAX_SUBMISSIONS, GradeAnyResponse, GradeRequest, apply_policy, grade_to_wire,
                              prepare_grading)
+from schemas.errors import ErrorItem, InvalidRequest
 from schemas.policy import Policy
+from schemas.step_grading import TASKS, GradeAnyRequest, prepare_step_grading
 from service import engine, metrics
 from service.engine import explain as explain_engine
 from service.engine import gradcheck, grading
@@ -81,28 +84,52 @@ EXPLAIN_EXAMPLES = {
                 "located errors, the others are graded. The batch is priced before any work (422 `limit_exceeded` "
                 "over the limits). The API key's policy (a service setting) may forbid `reveal`, bound the "
                 "tolerances and the batch size (403 naming the field and the policy) and limit the rate (429 with "
-                "Retry-After). `format: gradescope` returns a Gradescope results.json as it is.",
-    request=GradeRequest, response=GradeAnyResponse, errors=(400, 403, 413, 415, 422), tags=("grading",),
-    response_description="`format: native`: `result` (or `results` in the batch form). `format: gradescope`: a "
-                         "Gradescope results.json (or `{\"results\": [...]}`, one per submission).",
+                "Retry-After). `format: gradescope` returns a Gradescope results.json as it is, `format: "
+                "prairielearn` a PrairieLearn results.json, `format: junit` JUnit XML (`application/xml`).",
+    request=GradeAnyRequest, response=GradeAnyResponse, errors=(400, 403, 413, 415, 422), tags=("grading",),
+    response_description="`format: native`: `result` (or `results` in the batch form). `format: gradescope` or "
+                         "`prairielearn`: that platform's results.json (or `{\"results\": [...]}`, one per "
+                         "submission). `format: junit`: JUnit XML, `application/xml`, a testsuite per submission.",
+    other_media={junit.MEDIA_TYPE: {"type": "string", "description": "JUnit XML (`format: junit`)."}},
     secured=True, examples=GRADE_EXAMPLES)
 def grade():
     """Grade one submission or a batch against one reference."""
-    req = parse_body(GradeRequest)
+    req = parse_body(_grade_model)
     caller = g.get("caller")  # set by service.hooks from the API key
     effective = apply_policy(req, caller.policy if caller else Policy(), caller.policy_name if caller else "default")
     limits = current_app.config["SETTINGS"].limits()
-    prep, subs = prepare_grading(req, limits)  # priced before any work: 422 over the limits
     tol = effective.tolerance
+    if req.task in TASKS:
+        ref, subs = prepare_step_grading(TASKS[req.task], req, limits)  # the route's limits, then the grading's
+    else:
+        prep, subs = prepare_grading(req, limits)  # priced before any work: 422 over the limits
     with metrics.COMPUTE.time():
-        # The mistaken-backprop hypotheses may re-run at most one request's worth of work (GRADIENT_MAX_WORK) and
-        # keep at most one pass's worth of numbers (GRADIENT_MAX_ACTIVATIONS); the rest are skipped with a note.
-        ref = grading.build_reference(prep.X, prep.Y, prep.layers, req.cost, l2=req.l2, dropout=prep.dropout,
-                                      intermediates=req.intermediates, sent=prep.sent, layouts=prep.layouts,
-                                      in_shapes=prep.shapes[:-1], variant_work=limits.max_work,
-                                      variant_elements=limits.max_activations)
+        if req.task not in TASKS:
+            # The mistaken-backprop hypotheses may re-run at most one request's worth of work (GRADIENT_MAX_WORK)
+            # and keep at most one pass's worth of numbers (GRADIENT_MAX_ACTIVATIONS); the rest are skipped with a
+            # note.
+            ref = grading.build_reference(prep.X, prep.Y, prep.layers, req.cost, l2=req.l2, dropout=prep.dropout,
+                                          intermediates=req.intermediates, sent=prep.sent, layouts=prep.layouts,
+                                          in_shapes=prep.shapes[:-1], variant_work=limits.max_work,
+                                          variant_elements=limits.max_activations)
         grades = grading.grade_all(ref, subs.graded, tol, req.points, lenient_shapes=req.shape_policy == "lenient")
-    return json_response(grade_to_wire(grades, ref, prep, req, subs, effective))
+    body = grade_to_wire(grades, ref, req, subs, effective)
+    if isinstance(body, junit.JUnitXML):
+        return current_app.response_class(body, mimetype=junit.MEDIA_TYPE)
+    return json_response(body)
+
+
+def _grade_model(body):
+    """The request model of a /v1/grade body: its ``task``'s (absent: ``gradients``, a whole network)."""
+    task = body.get("task", "gradients") if isinstance(body, dict) else "gradients"
+    if task == "gradients":
+        return GradeRequest
+    if isinstance(task, str) and task in TASKS:
+        return TASKS[task].grade_request
+    shown = repr(task) if isinstance(task, str) else "not a string"
+    raise InvalidRequest([ErrorItem(location="task", type="unknown_task",
+                                    message=f"unknown task {shown[:60]}: the tasks are gradients (the default), "
+                                            f"{', '.join(TASKS)}")])
 
 
 @bp.post("/v1/gradient-check")

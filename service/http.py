@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, Callable, TypeVar
 
 from flask import Response, current_app, request
 from pydantic import BaseModel, ValidationError
@@ -39,16 +39,19 @@ def structure_caps(limits: Limits) -> json_body.Structure:
                                objects=_MAX_OBJECTS, strings=_MAX_STRINGS)
 
 
-def parse_body(model: type[M]) -> M:
+def parse_body(model: type[M] | Callable[[Any], type[M]]) -> M:
     """The request body validated as ``model``: 415 unless JSON, 413 over the size limit (Werkzeug refuses it
     before reading), 400 for malformed JSON, 422 for a body over the structural caps or that does not fit the
-    model."""
+    model. ``model`` may also be a function of the decoded body that picks the model (or raises InvalidRequest),
+    for a route whose body's form depends on a field (/v1/grade's ``task``)."""
     if not request.is_json:
         got = request.mimetype or "no Content-Type"
         raise UnsupportedMediaType(f"send the body as application/json (got {got})")
     body = _read_body()
     value = json_body.decode(body, structure_caps(current_app.config["SETTINGS"].limits()))
     del body  # the decoded value replaces it: a 32 MiB body is not kept through validation and the engine
+    if not isinstance(model, type):
+        model = model(value)
     try:
         return model.model_validate(value)
     except ValidationError as exc:

@@ -16,6 +16,8 @@ from schemas.errors import Problem
 from service.engine import ACTIVATIONS, COSTS, KINDS
 
 REF = "#/components/schemas/{model}"
+LEARN_LINK = ("**Learners:** [/learn](/learn) shows your network's forward and backward pass with every formula's "
+              "numbers, and why the last layer's gradient is A_L - Y while a hidden layer's is W^T dZ.\n\n")
 
 ERROR_TEXT = {
     400: "Malformed JSON.",
@@ -42,6 +44,7 @@ class RouteDoc:
     response: type[BaseModel] | None = None
     response_description: str = "Success."
     response_media_type: str = "application/json"
+    other_media: dict[str, dict] = field(default_factory=dict)  # other media types of a 200 -> their schemas
     errors: tuple[int, ...] = ()
     tags: tuple[str, ...] = ()
     secured: bool = False
@@ -111,6 +114,8 @@ def build_spec(app: Flask, version: str) -> dict:
             ok["content"] = {doc.response_media_type: {"schema": refs[(doc.response, "serialization")]}}
         elif doc.response_media_type != "application/json":
             ok["content"] = {doc.response_media_type: {"schema": {"type": "string"}}}
+        for media, media_schema in doc.other_media.items():
+            ok.setdefault("content", {})[media] = {"schema": media_schema}
         op["responses"]["200"] = ok
         statuses = set(doc.errors) | {404, 405, 500}
         if doc.secured:
@@ -128,7 +133,7 @@ def build_spec(app: Flask, version: str) -> dict:
             "title": "gradient-service",
             "version": version,
             "description": "Forward pass, cost and every backpropagation gradient of a fully connected network, "
-                           "in float64.\n\n" + formulas_markdown(),
+                           "in float64.\n\n" + LEARN_LINK + formulas_markdown(),
         },
         "paths": paths,
         "components": {

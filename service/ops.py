@@ -11,9 +11,11 @@ from flask import Blueprint, Response, current_app
 from flask_swagger_ui import get_swaggerui_blueprint
 
 from schemas.gradients import LAYOUTS, WEIGHT_LAYOUTS
-from schemas.meta import ActivationInfo, CostInfo, Health, KindInfo, ServiceInfo, kind_info
+from schemas.meta import ActivationInfo, CostInfo, Health, KindInfo, ServiceInfo, kind_info, optimizer_info
+from schemas.step_grading import TASKS
 from service import engine, lifecycle, metrics
 from service.engine import ACTIVATIONS, COSTS, INTERMEDIATES, KINDS, dense
+from service.engine.optimizers import OPTIMIZERS
 from service.http import json_response
 from service.openapi import build_spec, documented
 
@@ -72,10 +74,13 @@ def info():
         activations=[ActivationInfo(name=a.name, formula=a.formula, derivative_formula=a.derivative_formula,
                                     output_only=a.output_only) for a in ACTIVATIONS.values()],
         costs=[CostInfo(name=c.name, formula=c.formula, dA_formula=c.dA_formula, label_domain=c.label_domain,
+                        output_domain=c.output_domain,
                         fused_activation=c.fused_activation,
                         output_activations=None if c.output_activations is None else sorted(c.output_activations))
                for c in COSTS.values()],
         kinds=[kind_info(kind) for kind in KINDS.values()],
+        optimizers=[optimizer_info(unit) for unit in OPTIMIZERS.values()],
+        grading_tasks={"gradients": "/v1/gradients", **{name: task.path for name, task in TASKS.items()}},
         layouts=list(LAYOUTS),
         weight_layouts=list(WEIGHT_LAYOUTS),
         intermediates=list(INTERMEDIATES),

@@ -13,8 +13,8 @@ import re
 
 from tests.golden import load, normalised, replay
 
-# Registry names added since tests/data/golden.jsonl.gz was recorded.
-ADDED = ("multiclass_hinge",)
+# Names added since tests/data/golden.jsonl.gz was recorded: a cost (issue 8), two grade formats (issue 12).
+ADDED = ("multiclass_hinge", "prairielearn", "junit")
 _ENUMERATION = re.compile(rb"Input should be ((?:'[a-z_]+', )*'[a-z_]+' or '[a-z_]+')")
 
 

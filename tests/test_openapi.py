@@ -59,10 +59,15 @@ def test_metrics_documents_its_optional_401(spec):
 def test_request_schema_enumerates_the_registries(spec):
     schemas = spec["components"]["schemas"]
     layers = schemas["GradientRequest"]["properties"]["layers"]["items"]
-    # A union discriminated by `type`, one schema per registered kind, with the kind's own fields.
-    assert set(layers["discriminator"]["mapping"]) == set(KINDS) and layers["discriminator"]["propertyName"] == "type"
+    # A union discriminated by `type`: one schema per registered kind, each with its `type` and its own fields.
+    by_type = {}
+    for ref in layers["oneOf"]:
+        schema = schemas[ref["$ref"].rsplit("/", 1)[1]]
+        by_type[schema["properties"]["type"]["const"] if "const" in schema["properties"]["type"]
+                else schema["properties"]["type"]["enum"][0]] = schema
+    assert set(by_type) == set(KINDS)
     for name, kind in KINDS.items():
-        layer = schemas[layers["discriminator"]["mapping"][name].rsplit("/", 1)[1]]
+        layer = by_type[name]
         assert set(layer["properties"]["activation"]["enum"]) == set(ACTIVATIONS)
         expected = {"type", "activation", "negative_slope", *(p.name for p in kind.params),
                     *(s.name for s in kind.states), *(h.name for h in kind.hypers)}

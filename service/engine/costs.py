@@ -55,14 +55,24 @@ class Cost:
     textbook_dZ: Callable[[Array, Array], Array]
     unstable_reason: Callable[[Array, Array, int, int], str]
     class_indices: bool  # whether labels may come as m class indices (made one-hot at the edge)
+    # The cost of a given output A_L (POST /v1/cost with AL, the course's compute_cost(AL, Y)): A_L is taken as
+    # exact, with 0 log 0 = 0. ``output_loss(A, Y)`` per example (m,), ``output_dA(A, Y)``, the canonical pair's
+    # ``output_dZ(A, Y)`` from A_L alone, and ``output_error(A)``: why A lies outside what the cost's output
+    # activation can give, or None. An entry whose loss is infinite (A_L at exactly 0 or 1 against its label)
+    # is the caller's to report.
+    output_loss: Callable[[Array, Array], Array]
+    output_dA: Callable[[Array, Array], Array]
+    output_dZ: Callable[[Array, Array], Array]
+    output_error: Callable[[Array], str | None]
+    output_domain: str  # in words, for the docs: "every entry in [0, 1] (a sigmoid output)"
 
     def __post_init__(self) -> None:
         for name in ("loss", "dA", "fused_dZ", "label_error", "textbook_loss", "textbook_dA", "textbook_dZ",
-                     "unstable_reason"):
+                     "unstable_reason", "output_loss", "output_dA", "output_dZ", "output_error"):
             if not callable(getattr(self, name)):
                 raise TypeError(f"cost {self.name!r}: {name} must be a function")
         for name in ("title", "formula", "dA_formula", "label_domain", "formula_latex", "dA_latex", "fused_formula",
-                     "fused_latex"):
+                     "fused_latex", "output_domain"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise TypeError(f"cost {self.name!r}: {name} must be a non-empty text")
 
@@ -111,6 +121,27 @@ def _scale_times_exp(scale: float, E_arg: Array, offset: float) -> Array:
         half = np.exp(E_arg[big] / 2)
         out[big] = scale * offset + (half * scale) * half
     return out
+
+
+def _inverse(weight: Array, A: Array) -> Array:
+    """weight / A with 0 wherever weight == 0 (inf where A == 0 and weight != 0)."""
+    with np.errstate(divide="ignore"):
+        return _scaled(weight, 1.0 / A)
+
+
+def _weighted_log(weight: Array, A: Array) -> Array:
+    """weight * log(A) with 0 wherever weight == 0 (0 log 0 = 0; -inf where A == 0 and weight != 0)."""
+    with np.errstate(divide="ignore"):
+        return _scaled(weight, np.log(A))
+
+
+def _within(low: float, high: float, what: str) -> Callable[[Array], str | None]:
+    def check(A: Array) -> str | None:
+        if np.any((A < low) | (A > high)):
+            return f"{what} needs every entry of AL in [{low:g}, {high:g}]"
+        return None
+
+    return check
 
 
 # --- binary cross-entropy ---------------------------------------------------------------------------------
@@ -171,6 +202,11 @@ register(Cost(
     textbook_dZ=_quiet(lambda A, Y: -(Y / A - (1 - Y) / (1 - A)) * A * (1 - A)),
     unstable_reason=_bce_unstable,
     class_indices=False,
+    output_loss=lambda A, Y: -np.sum(_weighted_log(Y, A) + _weighted_log(1.0 - Y, 1.0 - A), axis=0),
+    output_dA=lambda A, Y: _inverse(1.0 - Y, 1.0 - A) - _inverse(Y, A),
+    output_dZ=lambda A, Y: A - Y,
+    output_error=_within(0.0, 1.0, "binary_cross_entropy (a sigmoid output)"),
+    output_domain="every entry in [0, 1] (a sigmoid output)",
 ))
 
 
@@ -216,6 +252,19 @@ def _one_hot_labels(cost: str) -> Callable[[Array], str | None]:
     return check
 
 
+def _softmax_columns(A: Array) -> str | None:
+    """A softmax output: entries in [0, 1], columns summing to 1 (to 1e-6: the dZ = A - Y identity needs it)."""
+    if np.any((A < 0) | (A > 1)):
+        return "categorical_cross_entropy (a softmax output) needs every entry of AL in [0, 1]"
+    sums = A.sum(axis=0)
+    bad = np.abs(sums - 1.0) > 1e-6
+    if bad.any():
+        i = int(np.argmax(bad))
+        return (f"categorical_cross_entropy (a softmax output) needs each column of AL to sum to 1; example {i} "
+                f"sums to {sums[i]:.9g}: send the logits as ZL instead")
+    return None
+
+
 register(Cost(
     name="categorical_cross_entropy",
     output_activations=frozenset({"softmax"}),
@@ -238,6 +287,11 @@ register(Cost(
     textbook_dZ=_quiet(_cce_textbook_dZ),
     unstable_reason=_cce_unstable,
     class_indices=True,
+    output_loss=lambda A, Y: -np.sum(_weighted_log(Y, A), axis=0),
+    output_dA=lambda A, Y: -_inverse(Y, A),
+    output_dZ=lambda A, Y: _cce_fused_dZ(A, A, Y),
+    output_error=_softmax_columns,
+    output_domain="every entry in [0, 1], each column summing to 1 (a softmax output)",
 ))
 
 
@@ -269,6 +323,11 @@ register(Cost(
     textbook_dZ=_quiet(lambda A, Y: A - Y),
     unstable_reason=lambda A, Y, k, i: _CLOSE,
     class_indices=False,
+    output_loss=lambda A, Y: _mse_loss(A, A, Y),
+    output_dA=lambda A, Y: A - Y,
+    output_dZ=lambda A, Y: A - Y,
+    output_error=lambda A: None,
+    output_domain="any finite numbers",
 ))
 
 
@@ -312,6 +371,11 @@ register(Cost(
     textbook_dZ=_quiet(lambda A, Y: _hinge_dA(A, A, Y)),
     unstable_reason=lambda A, Y, k, i: "a margin of exactly 0, where the hinge has no derivative (0 is used)",
     class_indices=True,
+    output_loss=lambda A, Y: np.sum(_margins(A, Y), axis=0),
+    output_dA=lambda A, Y: _hinge_dA(A, A, Y),
+    output_dZ=lambda A, Y: _hinge_dA(A, A, Y),
+    output_error=lambda A: None,
+    output_domain="any finite numbers (the class scores)",
 ))
 
 

@@ -38,10 +38,11 @@ INTERMEDIATES = ("per_example", "mean")
 
 
 class NumericalOverflow(ArithmeticError):
-    """A quantity left float64's range; ``layer`` is 1-based (0: the cost or the input)."""
+    """A quantity left float64's range; ``layer`` is 1-based (0: the cost or the input). ``location``: the
+    request field to blame, when the caller knows better than the layer's index (the one-step routes)."""
 
-    def __init__(self, quantity: str, layer: int, stage: str):
-        self.quantity, self.layer, self.stage = quantity, layer, stage
+    def __init__(self, quantity: str, layer: int, stage: str, location: str | None = None):
+        self.quantity, self.layer, self.stage, self.location = quantity, layer, stage, location
         super().__init__(f"the {stage} overflows float64 at {quantity}")
 
 

@@ -15,7 +15,9 @@ from service.engine.grading.hypotheses import (NETWORK_MISTAKES, Hypothesis, Var
                                                run_variants)
 from service.engine.grading.reference import (TEXTBOOK_ULPS, Reference, build_reference, key_names, key_summary,
                                               parse)
+from service.engine.grading.steps import STEP_DIAGNOSES, StepReference
 from service.engine.kinds import KINDS
+from service.engine.optimizers import OPTIMIZERS
 
 
 def _diagnoses() -> dict[str, str]:
@@ -29,6 +31,11 @@ def _diagnoses() -> dict[str, str]:
     for kind in KINDS.values():
         for mistake in kind.mistakes:
             out.setdefault(mistake.code, mistake.description)
+    for unit in OPTIMIZERS.values():
+        for mistake in unit.mistakes:
+            out.setdefault(mistake.code, mistake.description)
+    for code, text in STEP_DIAGNOSES.items():
+        out.setdefault(code, text)
     out["scaled_by_constant"] = "the submission is a constant multiple of the reference"
     return out
 
@@ -67,6 +74,6 @@ def is_per_example(name: str) -> bool:
 
 __all__ = ["CANDIDATE_OVERHEAD", "DEFAULT_ATOL", "DEFAULT_RTOL", "DIAGNOSES", "LOCAL_CANDIDATES", "STATUSES",
            "TEXTBOOK_ULPS", "Comparison", "Diagnosis", "Hypothesis", "KeyGrade", "Reference", "SubmissionGrade",
-           "Tolerance", "Variant", "backprop_from", "build_reference", "candidate_count", "compare",
+           "StepReference", "Tolerance", "Variant", "backprop_from", "build_reference", "candidate_count", "compare",
            "course_difference", "diagnose", "grade", "grade_all", "grading_work", "hypotheses", "is_per_example",
            "key_names", "key_summary", "parse", "run_variants"]

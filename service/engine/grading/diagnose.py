@@ -137,7 +137,7 @@ def local_candidates(ref: Reference, name: str) -> Iterator[_Candidate]:
 LOCAL_CANDIDATES = 9
 
 
-def _variant_candidates(ref: Reference, name: str) -> Iterator[_Candidate]:
+def variant_candidates(ref: Reference, name: str) -> Iterator[_Candidate]:
     for v in ref.variants:
         if name in v.arrays:
             h = v.hypothesis
@@ -159,17 +159,16 @@ def _prepared(ref: Reference, name: str, tol: Tolerance) -> Iterator[_Prepared]:
     """Every candidate for ``name`` that is finite and distinguishable from the reference, one at a time."""
     R = ref.arrays[name]
     with np.errstate(all="ignore"):
-        for source in (local_candidates(ref, name), _variant_candidates(ref, name)):
-            for cand in source:
-                c = cand.array
-                if np.isinf(c).any():
-                    continue
-                ok = ~np.isnan(c)
-                if not ok.any():
-                    continue
-                if c.shape == R.shape and _all_close(c, R, tol):
-                    continue  # indistinguishable from the reference for this key
-                yield _Prepared(cand, ok)
+        for cand in ref.candidates(name):
+            c = cand.array
+            if np.isinf(c).any():
+                continue
+            ok = ~np.isnan(c)
+            if not ok.any():
+                continue
+            if c.shape == R.shape and _all_close(c, R, tol):
+                continue  # indistinguishable from the reference for this key
+            yield _Prepared(cand, ok)
 
 
 def _candidates(ref: Reference, name: str, tol: Tolerance) -> Iterator[_Prepared] | list[_Prepared]:

@@ -12,8 +12,7 @@ import numpy as np
 
 from service.engine.grading.compare import Comparison, Tolerance, compare
 from service.engine.grading.diagnose import Diagnosis, diagnose
-from service.engine.grading.hypotheses import run_variants
-from service.engine.grading.reference import TEXTBOOK_ULPS, Reference, key_names
+from service.engine.grading.reference import TEXTBOOK_ULPS, Reference
 
 Array = np.ndarray
 
@@ -115,7 +114,7 @@ def grade_all(ref: Reference, submissions: list[dict[str, Array]], tol: Toleranc
     Every array is compared first; then the mistaken backward passes are run once, for the keys some submission
     got wrong; then the wrong keys are diagnosed.
     """
-    order = key_names(ref.layers)
+    order = ref.order
     compared = []
     wrong: set[str] = set()
     for submission in submissions:
@@ -132,7 +131,7 @@ def grade_all(ref: Reference, submissions: list[dict[str, Array]], tol: Toleranc
                 wrong.add(name)
             rows.append((name, s, cmp, wanted[name]))
         compared.append(rows)
-    run_variants(ref, wrong)
+    ref.prepare(wrong)
     grades = []
     for rows in compared:
         keys = [_finish_key(ref, name, s, cmp, tol, pts, lenient_shapes) for name, s, cmp, pts in rows]

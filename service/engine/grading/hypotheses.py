@@ -157,7 +157,10 @@ def run_variants(ref: Reference, names: Iterable[str]) -> None:
 def plan(ref: Reference) -> list[Hypothesis]:
     cached = ref.__dict__.get("_plan")
     if cached is None:
-        cached = ref.__dict__["_plan"] = hypotheses(ref.layers, ref.dropout)
+        cached = hypotheses(ref.layers, ref.dropout)
+        if not ref.forward_known:  # the learner's caches: a mistaken forward pass cannot be re-run from them
+            cached = [h for h in cached if h.at != "forward"]
+        ref.__dict__["_plan"] = cached
     return cached
 
 

@@ -131,6 +131,8 @@ class Reference:
     arrays: dict[str, Array]
     variant_work: float = float("inf")
     variant_elements: float = float("inf")
+    examples: int | None = None  # m when there are no labels (a backward pass from the learner's caches)
+    forward_known: bool = True  # False: the caches are the learner's, so no mistaken forward pass can be re-run
     variants: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     work_spent: int = 0
@@ -145,7 +147,36 @@ class Reference:
 
     @property
     def m(self) -> int:
-        return self.Y.shape[1]
+        return self.examples if self.examples is not None else self.Y.shape[1]
+
+    # --- what grading asks of any reference (``grade``, ``diagnose``; ``steps.StepReference`` has the same) ---
+
+    @property
+    def order(self) -> list[str]:
+        """The gradable keys in their canonical order."""
+        return [k for k in key_names(self.layers) if k in self.arrays]
+
+    def flips(self, name: str) -> bool:
+        """Whether the key's array is held features first here and transposed at the wire (examples_first)."""
+        return self.layouts.examples_first and parse(name).per_example
+
+    def candidates(self, name: str):
+        """Every hypothesis' value for ``name``: the local transforms and the mistaken passes run so far."""
+        from service.engine.grading.diagnose import local_candidates, variant_candidates
+        yield from local_candidates(self, name)
+        yield from variant_candidates(self, name)
+
+    @property
+    def max_candidates(self) -> int:
+        """At most how many hypotheses one key is tested against (pricing)."""
+        from service.engine.grading.diagnose import LOCAL_CANDIDATES
+        from service.engine.grading.hypotheses import plan
+        return LOCAL_CANDIDATES + len(plan(self))
+
+    def prepare(self, names) -> None:
+        """Run the mistaken passes that could explain the wrong keys ``names``."""
+        from service.engine.grading.hypotheses import run_variants
+        run_variants(self, names)
 
     @property
     def caches(self) -> list[LayerCache]:
@@ -186,7 +217,7 @@ class Reference:
     def textbook_bounds(self, name: str) -> tuple[Array, Array] | None:
         """For ``cost`` and ``dA{L}``: (lo, hi) of the course's formula evaluated from A_L moved by up to
         ``TEXTBOOK_ULPS`` ulps (the reference's shape; NaN where it is never finite); None for other keys."""
-        if name not in (keys.COST, keys.dA(self.L)):
+        if name not in (keys.COST, keys.dA(self.L)) or self.cost is None:
             return None
         return self._textbook.get(name)
 
