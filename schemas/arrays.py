@@ -357,7 +357,7 @@ def _validator(ndims: tuple[int, ...], nullable: bool):
                 errors.add(tuple(int(i) for i in index), "float_type", "Input should be a valid number", None)
             errors.raise_any()
         if type(value) is not list:
-            if ndims[:2] == (1, 2):
+            if ndims in ((1, 2), (1, 2, 4)):  # a matrix or vector (or an image batch): its own message
                 raise PydanticCustomError("matrix_or_vector_type", "expected " + expected +
                                           (" (null allowed)" if nullable else ""))
             raise PydanticCustomError("list_type", "Input should be a valid list")

@@ -73,7 +73,7 @@ def _shape_error() -> dict:
 
 def _conv_pool_nhwc() -> dict:
     """The image example: cost, the conv layer's gradients in the layout sent, and every gradient's shape."""
-    out = _post("/v1/gradients", _example("conv_pool_nhwc"))
+    out = _post("/v1/gradients", _example("images/conv_pool_nhwc"))
     g = out["gradients"]
     shapes = {}
     for key, value in g.items():

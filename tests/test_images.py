@@ -818,3 +818,49 @@ def test_v1_lists_the_image_kinds_with_their_formulas_and_mistakes(client):
     assert ties["choices"] == ["first", "all"] and ties["default"] == "first"
     spec = orjson.loads(client.get("/openapi.json").data)
     assert spec["components"]["schemas"]["GradientRequest"]["properties"]["image_layout"]["enum"] == ["NCHW", "NHWC"]
+
+
+def test_the_one_step_routes_refuse_an_image_kind_at_its_type(post):
+    conv = {"type": "conv2d", "W": np.ones((1, 1, 2, 2)), "b": [0.0], "activation": "relu"}
+    status, out = post({"layer": conv, "A_prev": [[1.0, 2.0], [3.0, 4.0]]}, "/v1/layer/forward")
+    assert status == 422
+    (location, kind, message), = errors_of(out)
+    assert (location, kind) == ("layer.type", "rank_mismatch") and "send the network to /v1/gradients" in message
+    status, out = post({"layers": [{"W": [[1.0, 2.0]], "b": [0.0], "activation": "linear"}, {"type": "flatten"}],
+                        "caches": [{"A_prev": [[1.0], [2.0]], "Z": [[1.0]]}, {"A_prev": [[1.0]], "Z": [[1.0]]}],
+                        "dAL": [[1.0]]}, "/v1/network/backward")
+    assert status == 422 and [e[:2] for e in errors_of(out)] == [("layers[1].type", "rank_mismatch")]
+
+
+def test_the_benchmarks_network_fits_the_default_limits():
+    """[64, 3x32x32] -> conv 16 -> pool -> conv 32 -> pool -> flatten -> dense 10 (bench/images.py) is a
+    request the service takes with its default limits: priced, not computed, here."""
+    from schemas.gradients import GradientRequest, prepare
+    from schemas.limits import Limits
+
+    rng = np.random.default_rng(0)
+    pool = {"type": "maxpool2d", "size": 2}
+    body = {"layers": [{"type": "conv2d", "W": rng.normal(size=(16, 3, 3, 3)), "b": np.zeros(16), "pad": 1,
+                        "activation": "relu"}, pool,
+                       {"type": "conv2d", "W": rng.normal(size=(32, 16, 3, 3)), "b": np.zeros(32), "pad": 1,
+                        "activation": "relu"}, pool, {"type": "flatten"},
+                       {"W": rng.normal(size=(10, 2048)), "b": np.zeros(10), "activation": "softmax"}],
+            "X": rng.normal(size=(64, 3, 32, 32)), "Y": list(rng.integers(0, 10, 64).astype(float)),
+            "cost": "categorical_cross_entropy"}
+    prep = prepare(GradientRequest.model_validate(body), Limits())
+    assert prep.shapes == [(3, 32, 32), (16, 32, 32), (16, 16, 16), (32, 16, 16), (32, 8, 8), (2048,), (10,)]
+
+
+def test_forward_and_backward_work_is_priced_too():
+    """Max pooling's backward costs a little more than twice its forward: with GRADIENT_MAX_WORK at the
+    forward's price exactly, the forward and backward pass (at most 3 times it) is over."""
+    body, _ = pool_net("maxpool2d", size=(2, 2), m=2, shape=(2, 4, 6))
+    forward = 2 * (2 * 2 * 2 * 3 * 4) + 2 * 12 + 2 * 2 * 12  # the pooling's comparisons, flatten, dense
+    total = (6 * 96 + 96) + 2 * 24 + 3 * 48
+    status, out = limited_post(max_work=forward)(body)
+    assert status == 422
+    assert errors_of(out) == [("body", "limit_exceeded", f"the work of a forward and backward pass (multiply-adds as "
+                                                         f"each layer kind prices them; at most 3 times the forward "
+                                                         f"limit) is {total}, over this service's limit of "
+                                                         f"{3 * forward}")]
+    assert limited_post(max_work=forward + 24)(body)[0] == 200

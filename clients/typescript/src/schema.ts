@@ -36,7 +36,7 @@ export interface paths {
         put?: never;
         /**
          * Grade a student's arrays (or a class's) against the reference, with diagnoses.
-         * @description Computes the reference for the posted network once (as POST /v1/gradients does), then grades `submission` (or each of `submissions`, at most 500) key by key: status, errors, the worst entry, the course's difference, points, and for a wrong key the mistake its numbers point to (`missing_1_over_m`, `extra_1_over_m`, `intermediate_convention`, `sign_flipped`, `transposed`, `column_vs_vector`, `layer_index_off_by_one`, `dZL_sent_as_dAL`, `missing_l2`, `dAL_sent_as_dZL`, `dropout_mask_not_applied`, `dropout_not_scaled`, `derivative_on_A`, `relu_derivative_at_zero`, `batchnorm_constant_statistics`, `batchnorm_unbiased_variance`, `batchnorm_grads_wrong_axis`, `layernorm_wrong_axis`, `scaled_by_constant`), each with its evidence, only when the submission matches that mistake within the tolerance. An entry passes when |s - r| <= atol + rtol |r| (defaults rtol = 1e-5, atol = 1e-8); null reference entries (not representable) are not graded, and cost and dA_L also pass where they match the course's formula evaluated from the rounded A_L. Without `reveal` no number of the response is computed from the reference but the errors, rounded up to powers of ten (none at all under a policy with `feedback: status`); with it the reference is sent once, as `reference`. In the batch form each submission is validated on its own: a malformed one gets a result with `status: invalid` and its located errors, the others are graded. The batch is priced before any work (422 `limit_exceeded` over the limits). The API key's policy (a service setting) may forbid `reveal`, bound the tolerances and the batch size (403 naming the field and the policy) and limit the rate (429 with Retry-After). `format: gradescope` returns a Gradescope results.json as it is, `format: prairielearn` a PrairieLearn results.json, `format: junit` JUnit XML (`application/xml`).
+         * @description Computes the reference for the posted network once (as POST /v1/gradients does), then grades `submission` (or each of `submissions`, at most 500) key by key: status, errors, the worst entry, the course's difference, points, and for a wrong key the mistake its numbers point to (`missing_1_over_m`, `extra_1_over_m`, `intermediate_convention`, `sign_flipped`, `transposed`, `column_vs_vector`, `layer_index_off_by_one`, `dZL_sent_as_dAL`, `missing_l2`, `dAL_sent_as_dZL`, `dropout_mask_not_applied`, `dropout_not_scaled`, `derivative_on_A`, `relu_derivative_at_zero`, `batchnorm_constant_statistics`, `batchnorm_unbiased_variance`, `batchnorm_grads_wrong_axis`, `layernorm_wrong_axis`, `conv_flipped_kernel`, `conv_stride_ignored`, `conv_padding_ignored`, `conv_grads_not_summed_over_examples`, `maxpool_gradient_spread_evenly`, `maxpool_ties_to_all`, `maxpool_ties_to_one`, `avgpool_not_divided_by_window`, `update_sign_flipped`, `momentum_without_one_minus_beta`, `epsilon_inside_sqrt`, `bias_correction_missing`, `uncorrected_moments_in_update`, `activation_not_applied`, `activation_derivative_missing`, `cost_sum_not_mean`, `decay_without_floor`, `t_off_by_one`, `scaled_by_constant`), each with its evidence, only when the submission matches that mistake within the tolerance. An entry passes when |s - r| <= atol + rtol |r| (defaults rtol = 1e-5, atol = 1e-8); null reference entries (not representable) are not graded, and cost and dA_L also pass where they match the course's formula evaluated from the rounded A_L. Without `reveal` no number of the response is computed from the reference but the errors, rounded up to powers of ten (none at all under a policy with `feedback: status`); with it the reference is sent once, as `reference`. In the batch form each submission is validated on its own: a malformed one gets a result with `status: invalid` and its located errors, the others are graded. The batch is priced before any work (422 `limit_exceeded` over the limits). The API key's policy (a service setting) may forbid `reveal`, bound the tolerances and the batch size (403 naming the field and the policy) and limit the rate (429 with Retry-After). `format: gradescope` returns a Gradescope results.json as it is, `format: prairielearn` a PrairieLearn results.json, `format: junit` JUnit XML (`application/xml`).
          */
         post: operations["post_v1_grade"];
         delete?: never;
@@ -79,6 +79,106 @@ export interface paths {
          * @description Steps, each a sentence, a LaTeX formula and the numbers of the posted network (the same as POST /v1/gradients returns): the cost; dA_L from the cost's formula; g'(Z_L); dZ_L = dA_L * g'(Z_L); for the canonical pairs the fused dZ_L = A_L - Y with the largest difference, and the entries where the textbook chain rule is infinite or inaccurate (A_L at 0 or 1); for other pairs why no simplification applies; one hidden layer's dA = W^T dZ and dZ = dA * g'(Z); and why the two differ. Arrays show their first `units_shown` units and `examples_shown` examples, with their whole shapes.
          */
         post: operations["post_v1_explain"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/layer/forward": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * One layer's forward pass: Z, A = g(Z) and what the kind's cache keeps.
+         * @description The course's linear_forward and linear_activation_forward (cs231n's affine_forward, batchnorm_forward, layernorm_forward) for any layer kind: `Z` (dense: W A_prev + b), `A` = g(Z), `cache` (batchnorm and layernorm: `xhat`, `mean`, `var`, `std`) and, for batchnorm, the updated running statistics under `state`. The layer's `activation` defaults to `linear`.
+         */
+        post: operations["post_v1_layer_forward"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/layer/backward": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * One layer's backward pass from the learner's cache: dA_prev, dZ and the parameters' gradients.
+         * @description The course's linear_backward (send `dZ`) and linear_activation_backward (send `dA` and the cached `Z`; g'(Z) is evaluated on Z as sent, even where it is not the layer applied to A_prev, as the course's test cases build their caches), cs231n's affine_backward (`dZ`, `intermediates: mean`, `layout: examples_first`, `weight_layout: in_out`), for any layer kind. Returns `dA_prev`, `dZ` and d<param> for every parameter (dW = (1/m) dZ A_prev^T under `per_example`, dZ A_prev^T under `mean`), each in the shape it was sent in.
+         */
+        post: operations["post_v1_layer_backward"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/cost": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * The cost of an output (AL or its logits ZL), dA_L and dZ_L.
+         * @description The course's compute_cost(AL, Y) and compute_cost_with_regularization (`l2` and `weights`): `cost`, `dAL` (the course's dAL = -(Y/AL - (1-Y)/(1-AL)) for binary cross-entropy) and `dZL` (AL - Y for the canonical pairs). With AL at exactly 0 or 1 against its label the cost is infinite: a 422 locates the entry and suggests sending `ZL`, the logits, from which everything is exact.
+         */
+        post: operations["post_v1_cost"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/optimizer-step": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * One optimizer update: sgd, momentum, rmsprop or adam, in the deeplearning.ai or the cs231n convention.
+         * @description The course's update_parameters_with_gd, _with_momentum, _with_adam (and update_lr, schedule_lr_decay through `learning_rate_decay`), cs231n's sgd, sgd_momentum, rmsprop and adam. Returns the new `params`, the new `state`, `t` as used, the `learning_rate` used and, for Adam, the bias-corrected moments. The formulas of each convention are in the README.
+         */
+        post: operations["post_v1_optimizer-step"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/network/backward": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Backpropagation through every layer from the learner's caches (the course's L_model_backward).
+         * @description For l = L..1: dZ_l = dA_l * g'(Z_l) with each layer's cached Z, then dA_{l-1} and the gradients from that layer's own cached input A_prev, used as sent even where the caches are not one consistent forward pass (the course's test case draws them independently). The upstream gradient is `dAL`, or the cost's formula of `AL` as cached (with `Y` and `cost`). Returns dA0..dAL, dZ1..dZL and every parameter's gradient, keyed as the course's grads dictionary.
+         */
+        post: operations["post_v1_network_backward"];
         delete?: never;
         options?: never;
         head?: never;
@@ -192,6 +292,43 @@ export interface components {
             output_only: boolean;
         };
         /**
+         * Avgpool2dLayer
+         * @description 2-D average pooling without padding: each window's mean, per example and channel.
+         */
+        Avgpool2dLayer: {
+            /**
+             * Type
+             * @description `avgpool2d`: 2-D average pooling without padding: each window's mean, per example and channel.
+             * @default avgpool2d
+             * @constant
+             */
+            type?: "avgpool2d";
+            /**
+             * Size
+             * @description Pooling window: an int or [ph, pw], positive.
+             */
+            size: number | number[];
+            /**
+             * Stride
+             * @description Stride: an int or [sh, sw], positive; default the window (non-overlapping windows).
+             * @default null
+             */
+            stride?: number | number[] | null;
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /**
          * BatchnormLayer
          * @description Batch normalisation over the examples, per feature (cs231n's batchnorm_forward): out = gamma (x - mean) / sqrt(var + eps) + beta.
          */
@@ -258,6 +395,20 @@ export interface components {
              */
             negative_slope?: number | null;
         };
+        /** CacheSpec */
+        CacheSpec: {
+            /**
+             * A Prev
+             * @description The layer's input as cached (the course's linear_cache A), in the layout.
+             */
+            A_prev: number[][];
+            /**
+             * Z
+             * @description The layer's pre-activation as cached (the course's activation_cache); default: the layer applied to A_prev.
+             * @default null
+             */
+            Z?: number[][] | null;
+        };
         /** CheckedEntry */
         CheckedEntry: {
             /**
@@ -285,6 +436,180 @@ export interface components {
             /** Abs Error */
             abs_error: number;
         };
+        /**
+         * Conv2dLayer
+         * @description 2-D convolution (a cross-correlation, as cs231n, deeplearning.ai and PyTorch compute it) with zero padding and strides: Z[i, f] = sum over channels of W[f, c] * pad(A_prev[i, c]) + b[f].
+         */
+        Conv2dLayer: {
+            /**
+             * Type
+             * @description `conv2d`: 2-D convolution (a cross-correlation, as cs231n, deeplearning.ai and PyTorch compute it) with zero padding and strides: Z[i, f] = sum over channels of W[f, c] * pad(A_prev[i, c]) + b[f].
+             * @default conv2d
+             * @constant
+             */
+            type?: "conv2d";
+            /**
+             * W
+             * @description Kernels: (F, C, kh, kw) with image_layout NCHW (cs231n, PyTorch), (kh, kw, C, F) with NHWC (deeplearning.ai, TensorFlow); dW comes back in the form sent.
+             */
+            W: number[][][][];
+            /**
+             * B
+             * @description Biases, one per filter: (F,) or, as deeplearning.ai holds it, (1, 1, 1, F); db comes back in the shape sent.
+             */
+            b: number[] | number[][][][];
+            /**
+             * Stride
+             * @description Stride: an int or [sh, sw], positive; default 1.
+             * @default 1
+             */
+            stride?: number | number[];
+            /**
+             * Pad
+             * @description Zero padding on each side: an int or [ph, pw], >= 0; default 0.
+             * @default 0
+             */
+            pad?: number | number[];
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer.
+             * @enum {string}
+             */
+            activation: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /** CostGradeRequest */
+        CostGradeRequest: {
+            /**
+             * Cost
+             * @description The cost.
+             * @enum {string}
+             */
+            cost: "binary_cross_entropy" | "categorical_cross_entropy" | "mean_squared_error" | "multiclass_hinge";
+            /**
+             * Y
+             * @description Labels: (n_L, m) or (m, n_L) by layout; a flat list of m labels when n_L = 1; for the costs that take them also a flat list of m class indices.
+             */
+            Y: number[] | number[][];
+            /**
+             * Al
+             * @description The output A_L, as the course's compute_cost(AL, Y) takes it, taken as exact. Send this or `ZL`. At exactly 0 or 1 against its label the cost is infinite (a 422 that says where): send ZL then.
+             * @default null
+             */
+            AL?: number[][] | null;
+            /**
+             * Zl
+             * @description The output's logits Z_L: the cost and dA_L computed from them are exact where A_L rounds to 0 or 1 (recommended).
+             * @default null
+             */
+            ZL?: number[][] | null;
+            /**
+             * Activation
+             * @description The output activation. Default: the cost's canonical one (sigmoid for binary cross-entropy, softmax for categorical, linear otherwise). With AL, dZL is returned for the canonical pair only.
+             * @default null
+             */
+            activation?: ("linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax") | null;
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01), with ZL.
+             * @default null
+             */
+            negative_slope?: number | null;
+            /**
+             * L2
+             * @description lambda >= 0: J += lambda/(2m) sum ||W||_F^2 over `weights` (compute_cost_with_regularization).
+             * @default 0
+             */
+            l2?: number;
+            /**
+             * Weights
+             * @description The weights the L2 term sums over (W1, W2, ...), any shapes; needed with l2 > 0.
+             */
+            weights?: (number[] | number[][] | number[][][] | number[][][][])[];
+            /**
+             * Layout
+             * @description Orientation of Y, AL, ZL, dAL and dZL.
+             * @default features_first
+             * @enum {string}
+             */
+            layout?: "features_first" | "examples_first";
+            /**
+             * Intermediates
+             * @description `per_example`: dAL and dZL without 1/m (dZL = AL - Y); `mean`: with it (the exact partial derivatives of J).
+             * @default per_example
+             * @enum {string}
+             */
+            intermediates?: "per_example" | "mean";
+            /**
+             * Task
+             * @description `cost`: the body of POST /v1/cost, graded by its response's names.
+             * @constant
+             */
+            task: "cost";
+            /**
+             * @description One student's values (malformed: a 422). Send this or `submissions`.
+             * @default null
+             */
+            submission?: components["schemas"]["StepSubmission"] | null;
+            /**
+             * Submissions
+             * @description The batch form: many students' values graded against one reference, computed once (1 to 500 of them, fewer if the key's policy says so). Send this or `submission`. Each is validated on its own: a malformed one gets a result with `status: invalid` and its located `errors`, the others are graded. The batch is priced before any work: at most 20000 graded keys in all, and the comparisons with the reference and with every hypothesis a wrong key may be tested against within a fixed budget (422 `limit_exceeded` otherwise).
+             * @default null
+             */
+            submissions?: (components["schemas"]["StepSubmission"] | unknown)[] | null;
+            /**
+             * Rtol
+             * @description Relative tolerance, default 1e-5: an entry passes when |s - r| <= atol + rtol * |r| (numpy.isclose, r the reference). The key's policy may bound it: a value sent outside its bounds is a 403, and when it is not sent the default is moved into them.
+             * @default 0.00001
+             */
+            rtol?: number;
+            /**
+             * Atol
+             * @description Absolute tolerance, default 1e-8: an entry passes when |s - r| <= atol + rtol * |r| (numpy.isclose, r the reference). The key's policy may bound it: a value sent outside its bounds is a 403, and when it is not sent the default is moved into them.
+             * @default 1e-8
+             */
+            atol?: number;
+            /**
+             * Points
+             * @description Points per key (at least one key; leave `points` out for the default); these keys are graded and a key not submitted is `missing`. A key is worth its points when `correct`, 0 otherwise. Default: every submitted key, 1 point each. Submitted keys not listed are graded for information, worth 0.
+             * @default null
+             */
+            points?: {
+                [key: string]: number;
+            } | null;
+            /**
+             * Reveal
+             * @description Include the reference: the top-level `reference` (every graded key, once per request), each worst entry's value, exact errors and the fitted evidence of diagnoses (403 when the key's policy does not allow it). Default false: no number of the response, messages included, is computed from the reference except the errors and `difference`, rounded up to a power of ten (`error_precision`; none at all under a policy with `feedback: status`), and counts and indices of entries. Each graded value still answers a question about the reference (is it within the tolerance? in which power of ten is the error?): the README's Threat model says how many requests a search needs under each policy.
+             * @default false
+             */
+            reveal?: boolean;
+            /**
+             * Shape Policy
+             * @description A shape that differs only by axes of length 1 (db as (n,) where (n, 1) was expected, or the reverse): `strict` grades it `shape_mismatch` (with the `column_vs_vector` diagnosis when the values are right); `lenient` grades the values and adds a note.
+             * @default strict
+             * @enum {string}
+             */
+            shape_policy?: "strict" | "lenient";
+            /**
+             * Format
+             * @description `native`: this service's JSON. `gradescope`: a Gradescope results.json (`score`, `output`, `tests[]` with `name`, `score`, `max_score`, `status`, `output`, `visibility`), one per submission in the batch form. `prairielearn`: a PrairieLearn external grader's results.json (`gradable`, `score` in [0, 1], `message`, `tests[]` with `name`, `points`, `max_points`, `message`, `output`). `junit`: JUnit XML as `application/xml` (a testsuite per submission, a testcase per key, the diagnosis in the failure message).
+             * @default native
+             * @enum {string}
+             */
+            format?: "native" | "gradescope" | "prairielearn" | "junit";
+            /**
+             * Visibility
+             * @description Gradescope `visibility` of each test (with `format: gradescope`).
+             * @default visible
+             * @enum {string}
+             */
+            visibility?: "visible" | "hidden" | "after_due_date" | "after_published";
+        };
         /** CostInfo */
         CostInfo: {
             /** Name */
@@ -305,6 +630,104 @@ export interface components {
             dA_formula: string;
             /** Label Domain */
             label_domain: string;
+            /**
+             * Output Domain
+             * @description What AL may hold in POST /v1/cost (taken as exact there).
+             */
+            output_domain: string;
+        };
+        /** CostRequest */
+        CostRequest: {
+            /**
+             * Cost
+             * @description The cost.
+             * @enum {string}
+             */
+            cost: "binary_cross_entropy" | "categorical_cross_entropy" | "mean_squared_error" | "multiclass_hinge";
+            /**
+             * Y
+             * @description Labels: (n_L, m) or (m, n_L) by layout; a flat list of m labels when n_L = 1; for the costs that take them also a flat list of m class indices.
+             */
+            Y: number[] | number[][];
+            /**
+             * Al
+             * @description The output A_L, as the course's compute_cost(AL, Y) takes it, taken as exact. Send this or `ZL`. At exactly 0 or 1 against its label the cost is infinite (a 422 that says where): send ZL then.
+             * @default null
+             */
+            AL?: number[][] | null;
+            /**
+             * Zl
+             * @description The output's logits Z_L: the cost and dA_L computed from them are exact where A_L rounds to 0 or 1 (recommended).
+             * @default null
+             */
+            ZL?: number[][] | null;
+            /**
+             * Activation
+             * @description The output activation. Default: the cost's canonical one (sigmoid for binary cross-entropy, softmax for categorical, linear otherwise). With AL, dZL is returned for the canonical pair only.
+             * @default null
+             */
+            activation?: ("linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax") | null;
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01), with ZL.
+             * @default null
+             */
+            negative_slope?: number | null;
+            /**
+             * L2
+             * @description lambda >= 0: J += lambda/(2m) sum ||W||_F^2 over `weights` (compute_cost_with_regularization).
+             * @default 0
+             */
+            l2?: number;
+            /**
+             * Weights
+             * @description The weights the L2 term sums over (W1, W2, ...), any shapes; needed with l2 > 0.
+             */
+            weights?: (number[] | number[][] | number[][][] | number[][][][])[];
+            /**
+             * Layout
+             * @description Orientation of Y, AL, ZL, dAL and dZL.
+             * @default features_first
+             * @enum {string}
+             */
+            layout?: "features_first" | "examples_first";
+            /**
+             * Intermediates
+             * @description `per_example`: dAL and dZL without 1/m (dZL = AL - Y); `mean`: with it (the exact partial derivatives of J).
+             * @default per_example
+             * @enum {string}
+             */
+            intermediates?: "per_example" | "mean";
+        };
+        /** CostResponse */
+        CostResponse: {
+            /**
+             * Cost
+             * @description J, with the L2 term.
+             */
+            cost: number;
+            /**
+             * Dal
+             * @description dJ/dA_L per `intermediates` (the course's dAL = -(Y/AL - (1-Y)/(1-AL)) for binary cross-entropy), in the layout; null entries where not representable (see `warnings`).
+             */
+            dAL: (number | null)[][];
+            /**
+             * Dzl
+             * @description dJ/dZ_L per `intermediates`: AL - Y for the canonical pairs; with ZL for any activation; absent with AL and a non-canonical activation (g'(Z) needs Z).
+             * @default null
+             */
+            dZL?: (number | null)[][] | null;
+            /**
+             * Al
+             * @description g(ZL), when ZL was sent.
+             * @default null
+             */
+            AL?: (number | null)[][] | null;
+            /**
+             * Warnings
+             * @description Entries returned as null, and why.
+             */
+            warnings?: components["schemas"]["NullWarning"][];
         };
         /**
          * DenseLayer
@@ -345,7 +768,7 @@ export interface components {
         DiagnosisOut: {
             /**
              * Code
-             * @description One of: `missing_1_over_m` (the 1/m factor is missing (the submission is m times the reference)), `extra_1_over_m` (1/m is applied twice (the submission is the reference divided by m)), `intermediate_convention` (the other convention for dA and dZ (per-example versus mean: a factor m)), `sign_flipped` (the sign is flipped), `transposed` (the array is transposed), `column_vs_vector` (right values, but a vector where a column was expected or the reverse), `layer_index_off_by_one` (the value of the neighbouring layer's key (the layer index is off by one)), `dZL_sent_as_dAL` (dZ_L = A_L - Y was sent as dA_L), `missing_l2` (the L2 term is missing), `dAL_sent_as_dZL` (dA_L was used as dZ_L (the output activation's derivative was left out)), `dropout_mask_not_applied` (the dropout mask was not applied in the backward pass), `dropout_not_scaled` (the dropout mask was applied without dividing by keep_prob), `derivative_on_A` (the activation derivative was evaluated on A instead of Z (sigmoid'(A), tanh'(A))), `relu_derivative_at_zero` (ReLU's derivative was taken as 1 at z = 0 (it is 0; leaky ReLU's is the slope)), `batchnorm_constant_statistics` (batchnorm's dx taken as dout gamma / sigma: the batch mean and variance treated as constants), `batchnorm_unbiased_variance` (batchnorm used the unbiased variance (1/(m-1)) in training), `batchnorm_grads_wrong_axis` (dgamma and dbeta summed over the features instead of the examples), `layernorm_wrong_axis` (layernorm normalised over the examples instead of the features), `scaled_by_constant` (the submission is a constant multiple of the reference).
+             * @description One of: `missing_1_over_m` (the 1/m factor is missing (the submission is m times the reference)), `extra_1_over_m` (1/m is applied twice (the submission is the reference divided by m)), `intermediate_convention` (the other convention for dA and dZ (per-example versus mean: a factor m)), `sign_flipped` (the sign is flipped), `transposed` (the array is transposed), `column_vs_vector` (right values, but a vector where a column was expected or the reverse), `layer_index_off_by_one` (the value of the neighbouring layer's key (the layer index is off by one)), `dZL_sent_as_dAL` (dZ_L = A_L - Y was sent as dA_L), `missing_l2` (the L2 term is missing), `dAL_sent_as_dZL` (dA_L was used as dZ_L (the output activation's derivative was left out)), `dropout_mask_not_applied` (the dropout mask was not applied in the backward pass), `dropout_not_scaled` (the dropout mask was applied without dividing by keep_prob), `derivative_on_A` (the activation derivative was evaluated on A instead of Z (sigmoid'(A), tanh'(A))), `relu_derivative_at_zero` (ReLU's derivative was taken as 1 at z = 0 (it is 0; leaky ReLU's is the slope)), `batchnorm_constant_statistics` (batchnorm's dx taken as dout gamma / sigma: the batch mean and variance treated as constants), `batchnorm_unbiased_variance` (batchnorm used the unbiased variance (1/(m-1)) in training), `batchnorm_grads_wrong_axis` (dgamma and dbeta summed over the features instead of the examples), `layernorm_wrong_axis` (layernorm normalised over the examples instead of the features), `conv_flipped_kernel` (a true convolution: the kernel flipped on both spatial axes, where both courses and PyTorch compute a cross-correlation), `conv_stride_ignored` (the convolution's backward pass ignored the stride), `conv_padding_ignored` (the convolution's backward pass ignored the padding), `conv_grads_not_summed_over_examples` (dW and db not summed over the examples), `maxpool_gradient_spread_evenly` (max pooling's gradient spread evenly over the window (average pooling's backward)), `maxpool_ties_to_all` (max pooling's gradient given to every tied maximum where ties is first), `maxpool_ties_to_one` (max pooling's gradient given to one tied maximum where ties is all), `avgpool_not_divided_by_window` (average pooling's gradient not divided by the window's size), `update_sign_flipped` (the update's sign is flipped: the parameter moved up the gradient), `momentum_without_one_minus_beta` (momentum's velocity was updated as beta v + dP, without the (1 - beta) factor), `epsilon_inside_sqrt` (epsilon was added inside the square root), `bias_correction_missing` (Adam's bias correction was left out (the moments were used as they are)), `uncorrected_moments_in_update` (the parameters were updated with the uncorrected moments), `activation_not_applied` (A holds Z: the activation was not applied), `activation_derivative_missing` (dZ was taken to be dA: the activation's derivative g'(Z) was left out), `cost_sum_not_mean` (the cost sums the losses instead of averaging them (m times the reference)), `decay_without_floor` (the scheduled decay used epoch / time_interval without the floor), `t_off_by_one` (the step number t is off by one (the other convention: t as sent versus t + 1)), `scaled_by_constant` (the submission is a constant multiple of the reference).
              */
             code: string;
             /**
@@ -398,9 +821,9 @@ export interface components {
             keep_prob: number;
             /**
              * Masks
-             * @description D_1 .. D_{L-1}: 0/1 matrices shaped like A_l, (n_l, m) or (m, n_l) by layout; null for a hidden layer without dropout.
+             * @description D_1 .. D_{L-1}: 0/1 matrices shaped like A_l, (n_l, m) or (m, n_l) by layout (image batches by image_layout); null for a hidden layer without dropout.
              */
-            masks: (number[][] | null)[];
+            masks: (number[][] | number[][][][] | null)[];
         };
         /**
          * ErrorItem
@@ -429,12 +852,12 @@ export interface components {
              * Layers
              * @description Layers 1 .. L, input side first; each a kind (`type`, default `dense`) with its parameters, hyperparameters and an activation.
              */
-            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"])[];
+            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"])[];
             /**
              * X
-             * @description Inputs: (n_x, m) features first, or (m, n_x) examples first.
+             * @description Inputs: (n_x, m) features first, or (m, n_x) examples first; or an image batch, (m, C, H, W) with image_layout NCHW, (m, H, W, C) with NHWC.
              */
-            X: number[][];
+            X: number[][] | number[][][][];
             /**
              * Y
              * @description Labels: (n_y, m) or (m, n_y) by layout; a flat list of m labels when n_y = 1; for the costs that take them also a flat list of m class indices.
@@ -460,6 +883,13 @@ export interface components {
              * @enum {string}
              */
             weight_layout?: "out_in" | "in_out";
+            /**
+             * Image Layout
+             * @description How image batches are held: `NCHW` (m, C, H, W) (cs231n, PyTorch; the default) or `NHWC` (m, H, W, C) (deeplearning.ai, TensorFlow). It fixes the shape of a 4-D X, of every 4-D activation, gradient, cache and mask, and of conv2d's W: (F, C, kh, kw) with NCHW, (kh, kw, C, F) with NHWC.
+             * @default NCHW
+             * @enum {string}
+             */
+            image_layout?: "NCHW" | "NHWC";
             /**
              * L2
              * @description lambda >= 0: J += lambda/(2m) sum ||W_l||_F^2, dW_l += (lambda/m) W_l.
@@ -630,6 +1060,34 @@ export interface components {
              */
             choices?: string[] | null;
         };
+        /**
+         * FlattenLayer
+         * @description Flatten an image batch into vectors (C H W features per example, in the image layout's order: (C, H, W) with NCHW, (H, W, C) with NHWC), so that dense layers can follow.
+         */
+        FlattenLayer: {
+            /**
+             * Type
+             * @description `flatten`: Flatten an image batch into vectors (C H W features per example, in the image layout's order: (C, H, W) with NCHW, (H, W, C) with NHWC), so that dense layers can follow.
+             * @default flatten
+             * @constant
+             */
+            type?: "flatten";
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /** GradeAnyRequest */
+        GradeAnyRequest: components["schemas"]["GradeRequest"] | components["schemas"]["LayerForwardGradeRequest"] | components["schemas"]["LayerBackwardGradeRequest"] | components["schemas"]["CostGradeRequest"] | components["schemas"]["OptimizerStepGradeRequest"] | components["schemas"]["NetworkBackwardGradeRequest"];
         /** GradeAnyResponse */
         GradeAnyResponse: components["schemas"]["GradeResponse"] | components["schemas"]["GradescopeResponse"] | components["schemas"]["PrairieLearnResponse"];
         /** GradeRequest */
@@ -638,12 +1096,12 @@ export interface components {
              * Layers
              * @description Layers 1 .. L, input side first; each a kind (`type`, default `dense`) with its parameters, hyperparameters and an activation.
              */
-            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"])[];
+            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"])[];
             /**
              * X
-             * @description Inputs: (n_x, m) features first, or (m, n_x) examples first.
+             * @description Inputs: (n_x, m) features first, or (m, n_x) examples first; or an image batch, (m, C, H, W) with image_layout NCHW, (m, H, W, C) with NHWC.
              */
-            X: number[][];
+            X: number[][] | number[][][][];
             /**
              * Y
              * @description Labels: (n_y, m) or (m, n_y) by layout; a flat list of m labels when n_y = 1; for the costs that take them also a flat list of m class indices.
@@ -670,6 +1128,13 @@ export interface components {
              */
             weight_layout?: "out_in" | "in_out";
             /**
+             * Image Layout
+             * @description How image batches are held: `NCHW` (m, C, H, W) (cs231n, PyTorch; the default) or `NHWC` (m, H, W, C) (deeplearning.ai, TensorFlow). It fixes the shape of a 4-D X, of every 4-D activation, gradient, cache and mask, and of conv2d's W: (F, C, kh, kw) with NCHW, (kh, kw, C, F) with NHWC.
+             * @default NCHW
+             * @enum {string}
+             */
+            image_layout?: "NCHW" | "NHWC";
+            /**
              * L2
              * @description lambda >= 0: J += lambda/(2m) sum ||W_l||_F^2, dW_l += (lambda/m) W_l.
              * @default 0
@@ -693,6 +1158,13 @@ export interface components {
              * @default false
              */
             include_caches?: boolean;
+            /**
+             * Task
+             * @description `gradients` (the default): a whole network, as POST /v1/gradients takes it.
+             * @default gradients
+             * @constant
+             */
+            task?: "gradients";
             /**
              * @description One student's values (malformed: a 422). Send this or `submissions`.
              * @default null
@@ -860,12 +1332,12 @@ export interface components {
              * Layers
              * @description Layers 1 .. L, input side first; each a kind (`type`, default `dense`) with its parameters, hyperparameters and an activation.
              */
-            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"])[];
+            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"])[];
             /**
              * X
-             * @description Inputs: (n_x, m) features first, or (m, n_x) examples first.
+             * @description Inputs: (n_x, m) features first, or (m, n_x) examples first; or an image batch, (m, C, H, W) with image_layout NCHW, (m, H, W, C) with NHWC.
              */
-            X: number[][];
+            X: number[][] | number[][][][];
             /**
              * Y
              * @description Labels: (n_y, m) or (m, n_y) by layout; a flat list of m labels when n_y = 1; for the costs that take them also a flat list of m class indices.
@@ -891,6 +1363,13 @@ export interface components {
              * @enum {string}
              */
             weight_layout?: "out_in" | "in_out";
+            /**
+             * Image Layout
+             * @description How image batches are held: `NCHW` (m, C, H, W) (cs231n, PyTorch; the default) or `NHWC` (m, H, W, C) (deeplearning.ai, TensorFlow). It fixes the shape of a 4-D X, of every 4-D activation, gradient, cache and mask, and of conv2d's W: (F, C, kh, kw) with NCHW, (kh, kw, C, F) with NHWC.
+             * @default NCHW
+             * @enum {string}
+             */
+            image_layout?: "NCHW" | "NHWC";
             /**
              * L2
              * @description lambda >= 0: J += lambda/(2m) sum ||W_l||_F^2, dW_l += (lambda/m) W_l.
@@ -960,11 +1439,11 @@ export interface components {
             worst?: number;
             /**
              * Gradients
-             * @description A submitted gradient to check instead of the service's own: every dW1..dWL (n_l, n_(l-1)) and db1..dbL ((n_l, 1) or (n_l,)).
+             * @description A submitted gradient to check instead of the service's own: every parameter's (dW1..dWL (n_l, n_(l-1)), db1..dbL ((n_l, 1) or (n_l,)), conv2d's 4-D dW, dgamma, dbeta), each in the shape its parameter was sent in.
              * @default null
              */
             gradients?: {
-                [key: string]: number[] | number[][];
+                [key: string]: number[] | number[][] | number[][][][];
             } | null;
         };
         /** GradientCheckResponse */
@@ -1029,12 +1508,12 @@ export interface components {
              * Layers
              * @description Layers 1 .. L, input side first; each a kind (`type`, default `dense`) with its parameters, hyperparameters and an activation.
              */
-            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"])[];
+            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"])[];
             /**
              * X
-             * @description Inputs: (n_x, m) features first, or (m, n_x) examples first.
+             * @description Inputs: (n_x, m) features first, or (m, n_x) examples first; or an image batch, (m, C, H, W) with image_layout NCHW, (m, H, W, C) with NHWC.
              */
-            X: number[][];
+            X: number[][] | number[][][][];
             /**
              * Y
              * @description Labels: (n_y, m) or (m, n_y) by layout; a flat list of m labels when n_y = 1; for the costs that take them also a flat list of m class indices.
@@ -1060,6 +1539,13 @@ export interface components {
              * @enum {string}
              */
             weight_layout?: "out_in" | "in_out";
+            /**
+             * Image Layout
+             * @description How image batches are held: `NCHW` (m, C, H, W) (cs231n, PyTorch; the default) or `NHWC` (m, H, W, C) (deeplearning.ai, TensorFlow). It fixes the shape of a 4-D X, of every 4-D activation, gradient, cache and mask, and of conv2d's W: (F, C, kh, kw) with NCHW, (kh, kw, C, F) with NHWC.
+             * @default NCHW
+             * @enum {string}
+             */
+            image_layout?: "NCHW" | "NHWC";
             /**
              * L2
              * @description lambda >= 0: J += lambda/(2m) sum ||W_l||_F^2, dW_l += (lambda/m) W_l.
@@ -1099,10 +1585,10 @@ export interface components {
             AL: (number | null)[][];
             /**
              * Gradients
-             * @description d<param><l> for every parameter of every layer (dW1..dWL, db1..dbL, dgamma<l>, dbeta<l>; each in the shape its parameter was sent in), dZ1..dZL, dA0..dA{L}.
+             * @description d<param><l> for every parameter of every layer (dW1..dWL, db1..dbL, dgamma<l>, dbeta<l>; each in the shape its parameter was sent in), dZ1..dZL, dA0..dA{L}; image batches (and conv2d's dW) 4-D, by image_layout.
              */
             gradients: {
-                [key: string]: (number | null)[][] | number[];
+                [key: string]: (number | null)[][] | number[] | (number | null)[][][][];
             };
             /**
              * Caches
@@ -1110,7 +1596,7 @@ export interface components {
              * @default null
              */
             caches?: {
-                [key: string]: (number | null)[][];
+                [key: string]: (number | null)[][] | (number | null)[][][][];
             } | null;
             /**
              * State
@@ -1119,7 +1605,7 @@ export interface components {
              */
             state?: {
                 [key: string]: {
-                    [key: string]: (number | null)[][] | number[];
+                    [key: string]: (number | null)[][] | number[] | (number | null)[][][][];
                 };
             } | null;
             /**
@@ -1127,6 +1613,53 @@ export interface components {
              * @description Entries returned as null, and why.
              */
             warnings?: components["schemas"]["NullWarning"][];
+        };
+        /**
+         * GroupnormLayer
+         * @description Group normalisation (cs231n's spatial_groupnorm_forward, PyTorch's group_norm): per example, over each group of C/G channels and their pixels: out = gamma (x - mean) / sqrt(var + eps) + beta.
+         */
+        GroupnormLayer: {
+            /**
+             * Type
+             * @description `groupnorm`: Group normalisation (cs231n's spatial_groupnorm_forward, PyTorch's group_norm): per example, over each group of C/G channels and their pixels: out = gamma (x - mean) / sqrt(var + eps) + beta.
+             * @default groupnorm
+             * @constant
+             */
+            type?: "groupnorm";
+            /**
+             * Gamma
+             * @description Scale, one per channel (normalised per example over its group of channels and their pixels): (C,) or (1, C, 1, 1) (cs231n's), or (1, 1, 1, C) with NHWC; dgamma comes back in the shape sent.
+             */
+            gamma: number[] | number[][][][];
+            /**
+             * Beta
+             * @description Shift, one per channel: (C,) or (1, C, 1, 1) (cs231n's), or (1, 1, 1, C) with NHWC; dbeta comes back in the shape sent.
+             */
+            beta: number[] | number[][][][];
+            /**
+             * Groups
+             * @description G, the number of groups; it must divide the channels C.
+             */
+            groups: number;
+            /**
+             * Eps
+             * @description Added to the variance before the square root.
+             * @default 0.00001
+             */
+            eps?: number;
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
         };
         /** Health */
         Health: {
@@ -1271,6 +1804,350 @@ export interface components {
              */
             mistakes: string[];
         };
+        /** LayerBackwardGradeRequest */
+        LayerBackwardGradeRequest: {
+            /**
+             * Layer
+             * @description One layer of any kind, as an entry of `layers` in /v1/gradients (`type`, default `dense`, its parameters, hyperparameters and running statistics); `activation` defaults to `linear` here (the course's linear_forward and linear_backward have none).
+             */
+            layer: components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"];
+            /**
+             * A Prev
+             * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first.
+             */
+            A_prev: number[][];
+            /**
+             * Layout
+             * @description Orientation of A_prev and of every (units, m) array.
+             * @default features_first
+             * @enum {string}
+             */
+            layout?: "features_first" | "examples_first";
+            /**
+             * Weight Layout
+             * @description Dense W as (n_l, n_{l-1}) (`out_in`) or (n_{l-1}, n_l) (`in_out`, cs231n's).
+             * @default out_in
+             * @enum {string}
+             */
+            weight_layout?: "out_in" | "in_out";
+            /**
+             * Z
+             * @description The layer's output before the activation as the learner's cache holds it (with `dA` only): g'(Z) is evaluated on it as sent, even where it is not the layer applied to A_prev. Default: the layer applied to A_prev.
+             * @default null
+             */
+            Z?: number[][] | null;
+            /**
+             * Da
+             * @description dJ/dA of the layer's output A (as linear_activation_backward takes it). Send this or `dZ`.
+             * @default null
+             */
+            dA?: number[][] | null;
+            /**
+             * Dz
+             * @description dJ/dZ, before the activation (as linear_backward and cs231n's affine_backward(dout) take it). Send this or `dA`.
+             * @default null
+             */
+            dZ?: number[][] | null;
+            /**
+             * Intermediates
+             * @description `per_example` (the course's): dZ carries no 1/m and the parameters' gradients get it (dW = (1/m) dZ A_prev^T); `mean` (cs231n's): dZ is already dJ/dZ, so dW = dZ A_prev^T.
+             * @default per_example
+             * @enum {string}
+             */
+            intermediates?: "per_example" | "mean";
+            /**
+             * L2
+             * @description lambda >= 0: the regularized parameters' gradients get + (lambda/m) W.
+             * @default 0
+             */
+            l2?: number;
+            /**
+             * Task
+             * @description `layer_backward`: the body of POST /v1/layer/backward, graded by its response's names.
+             * @constant
+             */
+            task: "layer_backward";
+            /**
+             * @description One student's values (malformed: a 422). Send this or `submissions`.
+             * @default null
+             */
+            submission?: components["schemas"]["StepSubmission"] | null;
+            /**
+             * Submissions
+             * @description The batch form: many students' values graded against one reference, computed once (1 to 500 of them, fewer if the key's policy says so). Send this or `submission`. Each is validated on its own: a malformed one gets a result with `status: invalid` and its located `errors`, the others are graded. The batch is priced before any work: at most 20000 graded keys in all, and the comparisons with the reference and with every hypothesis a wrong key may be tested against within a fixed budget (422 `limit_exceeded` otherwise).
+             * @default null
+             */
+            submissions?: (components["schemas"]["StepSubmission"] | unknown)[] | null;
+            /**
+             * Rtol
+             * @description Relative tolerance, default 1e-5: an entry passes when |s - r| <= atol + rtol * |r| (numpy.isclose, r the reference). The key's policy may bound it: a value sent outside its bounds is a 403, and when it is not sent the default is moved into them.
+             * @default 0.00001
+             */
+            rtol?: number;
+            /**
+             * Atol
+             * @description Absolute tolerance, default 1e-8: an entry passes when |s - r| <= atol + rtol * |r| (numpy.isclose, r the reference). The key's policy may bound it: a value sent outside its bounds is a 403, and when it is not sent the default is moved into them.
+             * @default 1e-8
+             */
+            atol?: number;
+            /**
+             * Points
+             * @description Points per key (at least one key; leave `points` out for the default); these keys are graded and a key not submitted is `missing`. A key is worth its points when `correct`, 0 otherwise. Default: every submitted key, 1 point each. Submitted keys not listed are graded for information, worth 0.
+             * @default null
+             */
+            points?: {
+                [key: string]: number;
+            } | null;
+            /**
+             * Reveal
+             * @description Include the reference: the top-level `reference` (every graded key, once per request), each worst entry's value, exact errors and the fitted evidence of diagnoses (403 when the key's policy does not allow it). Default false: no number of the response, messages included, is computed from the reference except the errors and `difference`, rounded up to a power of ten (`error_precision`; none at all under a policy with `feedback: status`), and counts and indices of entries. Each graded value still answers a question about the reference (is it within the tolerance? in which power of ten is the error?): the README's Threat model says how many requests a search needs under each policy.
+             * @default false
+             */
+            reveal?: boolean;
+            /**
+             * Shape Policy
+             * @description A shape that differs only by axes of length 1 (db as (n,) where (n, 1) was expected, or the reverse): `strict` grades it `shape_mismatch` (with the `column_vs_vector` diagnosis when the values are right); `lenient` grades the values and adds a note.
+             * @default strict
+             * @enum {string}
+             */
+            shape_policy?: "strict" | "lenient";
+            /**
+             * Format
+             * @description `native`: this service's JSON. `gradescope`: a Gradescope results.json (`score`, `output`, `tests[]` with `name`, `score`, `max_score`, `status`, `output`, `visibility`), one per submission in the batch form. `prairielearn`: a PrairieLearn external grader's results.json (`gradable`, `score` in [0, 1], `message`, `tests[]` with `name`, `points`, `max_points`, `message`, `output`). `junit`: JUnit XML as `application/xml` (a testsuite per submission, a testcase per key, the diagnosis in the failure message).
+             * @default native
+             * @enum {string}
+             */
+            format?: "native" | "gradescope" | "prairielearn" | "junit";
+            /**
+             * Visibility
+             * @description Gradescope `visibility` of each test (with `format: gradescope`).
+             * @default visible
+             * @enum {string}
+             */
+            visibility?: "visible" | "hidden" | "after_due_date" | "after_published";
+        };
+        /** LayerBackwardRequest */
+        LayerBackwardRequest: {
+            /**
+             * Layer
+             * @description One layer of any kind, as an entry of `layers` in /v1/gradients (`type`, default `dense`, its parameters, hyperparameters and running statistics); `activation` defaults to `linear` here (the course's linear_forward and linear_backward have none).
+             */
+            layer: components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"];
+            /**
+             * A Prev
+             * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first.
+             */
+            A_prev: number[][];
+            /**
+             * Layout
+             * @description Orientation of A_prev and of every (units, m) array.
+             * @default features_first
+             * @enum {string}
+             */
+            layout?: "features_first" | "examples_first";
+            /**
+             * Weight Layout
+             * @description Dense W as (n_l, n_{l-1}) (`out_in`) or (n_{l-1}, n_l) (`in_out`, cs231n's).
+             * @default out_in
+             * @enum {string}
+             */
+            weight_layout?: "out_in" | "in_out";
+            /**
+             * Z
+             * @description The layer's output before the activation as the learner's cache holds it (with `dA` only): g'(Z) is evaluated on it as sent, even where it is not the layer applied to A_prev. Default: the layer applied to A_prev.
+             * @default null
+             */
+            Z?: number[][] | null;
+            /**
+             * Da
+             * @description dJ/dA of the layer's output A (as linear_activation_backward takes it). Send this or `dZ`.
+             * @default null
+             */
+            dA?: number[][] | null;
+            /**
+             * Dz
+             * @description dJ/dZ, before the activation (as linear_backward and cs231n's affine_backward(dout) take it). Send this or `dA`.
+             * @default null
+             */
+            dZ?: number[][] | null;
+            /**
+             * Intermediates
+             * @description `per_example` (the course's): dZ carries no 1/m and the parameters' gradients get it (dW = (1/m) dZ A_prev^T); `mean` (cs231n's): dZ is already dJ/dZ, so dW = dZ A_prev^T.
+             * @default per_example
+             * @enum {string}
+             */
+            intermediates?: "per_example" | "mean";
+            /**
+             * L2
+             * @description lambda >= 0: the regularized parameters' gradients get + (lambda/m) W.
+             * @default 0
+             */
+            l2?: number;
+        };
+        /**
+         * LayerBackwardResponse
+         * @description dA_prev, dZ and d<param> for every parameter of the kind (dW, db; dgamma, dbeta), each parameter's gradient in the shape it was sent in.
+         */
+        LayerBackwardResponse: {
+            /**
+             * Da Prev
+             * @description dJ/dA_prev = the kind's backward of dZ (dense: W^T dZ), in the layout.
+             */
+            dA_prev: (number | null)[][];
+            /**
+             * Dz
+             * @description dZ as sent, or dA * g'(Z), in the layout.
+             */
+            dZ: (number | null)[][];
+        } & {
+            [key: string]: unknown;
+        };
+        /** LayerForwardGradeRequest */
+        LayerForwardGradeRequest: {
+            /**
+             * Layer
+             * @description One layer of any kind, as an entry of `layers` in /v1/gradients (`type`, default `dense`, its parameters, hyperparameters and running statistics); `activation` defaults to `linear` here (the course's linear_forward and linear_backward have none).
+             */
+            layer: components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"];
+            /**
+             * A Prev
+             * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first.
+             */
+            A_prev: number[][];
+            /**
+             * Layout
+             * @description Orientation of A_prev and of every (units, m) array.
+             * @default features_first
+             * @enum {string}
+             */
+            layout?: "features_first" | "examples_first";
+            /**
+             * Weight Layout
+             * @description Dense W as (n_l, n_{l-1}) (`out_in`) or (n_{l-1}, n_l) (`in_out`, cs231n's).
+             * @default out_in
+             * @enum {string}
+             */
+            weight_layout?: "out_in" | "in_out";
+            /**
+             * Task
+             * @description `layer_forward`: the body of POST /v1/layer/forward, graded by its response's names.
+             * @constant
+             */
+            task: "layer_forward";
+            /**
+             * @description One student's values (malformed: a 422). Send this or `submissions`.
+             * @default null
+             */
+            submission?: components["schemas"]["StepSubmission"] | null;
+            /**
+             * Submissions
+             * @description The batch form: many students' values graded against one reference, computed once (1 to 500 of them, fewer if the key's policy says so). Send this or `submission`. Each is validated on its own: a malformed one gets a result with `status: invalid` and its located `errors`, the others are graded. The batch is priced before any work: at most 20000 graded keys in all, and the comparisons with the reference and with every hypothesis a wrong key may be tested against within a fixed budget (422 `limit_exceeded` otherwise).
+             * @default null
+             */
+            submissions?: (components["schemas"]["StepSubmission"] | unknown)[] | null;
+            /**
+             * Rtol
+             * @description Relative tolerance, default 1e-5: an entry passes when |s - r| <= atol + rtol * |r| (numpy.isclose, r the reference). The key's policy may bound it: a value sent outside its bounds is a 403, and when it is not sent the default is moved into them.
+             * @default 0.00001
+             */
+            rtol?: number;
+            /**
+             * Atol
+             * @description Absolute tolerance, default 1e-8: an entry passes when |s - r| <= atol + rtol * |r| (numpy.isclose, r the reference). The key's policy may bound it: a value sent outside its bounds is a 403, and when it is not sent the default is moved into them.
+             * @default 1e-8
+             */
+            atol?: number;
+            /**
+             * Points
+             * @description Points per key (at least one key; leave `points` out for the default); these keys are graded and a key not submitted is `missing`. A key is worth its points when `correct`, 0 otherwise. Default: every submitted key, 1 point each. Submitted keys not listed are graded for information, worth 0.
+             * @default null
+             */
+            points?: {
+                [key: string]: number;
+            } | null;
+            /**
+             * Reveal
+             * @description Include the reference: the top-level `reference` (every graded key, once per request), each worst entry's value, exact errors and the fitted evidence of diagnoses (403 when the key's policy does not allow it). Default false: no number of the response, messages included, is computed from the reference except the errors and `difference`, rounded up to a power of ten (`error_precision`; none at all under a policy with `feedback: status`), and counts and indices of entries. Each graded value still answers a question about the reference (is it within the tolerance? in which power of ten is the error?): the README's Threat model says how many requests a search needs under each policy.
+             * @default false
+             */
+            reveal?: boolean;
+            /**
+             * Shape Policy
+             * @description A shape that differs only by axes of length 1 (db as (n,) where (n, 1) was expected, or the reverse): `strict` grades it `shape_mismatch` (with the `column_vs_vector` diagnosis when the values are right); `lenient` grades the values and adds a note.
+             * @default strict
+             * @enum {string}
+             */
+            shape_policy?: "strict" | "lenient";
+            /**
+             * Format
+             * @description `native`: this service's JSON. `gradescope`: a Gradescope results.json (`score`, `output`, `tests[]` with `name`, `score`, `max_score`, `status`, `output`, `visibility`), one per submission in the batch form. `prairielearn`: a PrairieLearn external grader's results.json (`gradable`, `score` in [0, 1], `message`, `tests[]` with `name`, `points`, `max_points`, `message`, `output`). `junit`: JUnit XML as `application/xml` (a testsuite per submission, a testcase per key, the diagnosis in the failure message).
+             * @default native
+             * @enum {string}
+             */
+            format?: "native" | "gradescope" | "prairielearn" | "junit";
+            /**
+             * Visibility
+             * @description Gradescope `visibility` of each test (with `format: gradescope`).
+             * @default visible
+             * @enum {string}
+             */
+            visibility?: "visible" | "hidden" | "after_due_date" | "after_published";
+        };
+        /** LayerForwardRequest */
+        LayerForwardRequest: {
+            /**
+             * Layer
+             * @description One layer of any kind, as an entry of `layers` in /v1/gradients (`type`, default `dense`, its parameters, hyperparameters and running statistics); `activation` defaults to `linear` here (the course's linear_forward and linear_backward have none).
+             */
+            layer: components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"];
+            /**
+             * A Prev
+             * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first.
+             */
+            A_prev: number[][];
+            /**
+             * Layout
+             * @description Orientation of A_prev and of every (units, m) array.
+             * @default features_first
+             * @enum {string}
+             */
+            layout?: "features_first" | "examples_first";
+            /**
+             * Weight Layout
+             * @description Dense W as (n_l, n_{l-1}) (`out_in`) or (n_{l-1}, n_l) (`in_out`, cs231n's).
+             * @default out_in
+             * @enum {string}
+             */
+            weight_layout?: "out_in" | "in_out";
+        };
+        /** LayerForwardResponse */
+        LayerForwardResponse: {
+            /**
+             * Z
+             * @description The kind's output before the activation (dense: W A_prev + b), in the layout.
+             */
+            Z: (number | null)[][];
+            /**
+             * A
+             * @description g(Z), in the layout.
+             */
+            A: (number | null)[][];
+            /**
+             * Cache
+             * @description What the kind's cache keeps, by name (none for dense, whose cache is A_prev, W and b; batchnorm and layernorm: `xhat`, `mean`, `var`, `std` = sqrt(var + eps)). Per-example values follow the layout; per-feature ones come in the shape gamma was sent in.
+             */
+            cache: {
+                [key: string]: (number | null)[][] | number[];
+            };
+            /**
+             * State
+             * @description Only for kinds with running statistics (batchnorm): the updated `running_mean` and `running_var`, in the shapes sent.
+             * @default null
+             */
+            state?: {
+                [key: string]: (number | null)[][] | number[];
+            } | null;
+        };
         /**
          * LayernormLayer
          * @description Layer normalisation over the features, per example (cs231n's layernorm_forward): out = gamma (x - mean) / sqrt(var + eps) + beta.
@@ -1313,6 +2190,267 @@ export interface components {
              */
             negative_slope?: number | null;
         };
+        /** LearningRateDecay */
+        LearningRateDecay: {
+            /**
+             * Kind
+             * @description `inverse_time`: lr0 / (1 + decay_rate epoch) (update_lr); `scheduled`: lr0 / (1 + decay_rate floor(epoch / time_interval)) (schedule_lr_decay).
+             * @enum {string}
+             */
+            kind: "inverse_time" | "scheduled";
+            /**
+             * Epoch
+             * @description The epoch number.
+             */
+            epoch: number;
+            /**
+             * Decay Rate
+             * @description The decay rate.
+             */
+            decay_rate: number;
+            /**
+             * Time Interval
+             * @description Epochs per step of the `scheduled` decay (the course's default 1000).
+             * @default 1000
+             */
+            time_interval?: number;
+        };
+        /**
+         * Maxpool2dLayer
+         * @description 2-D max pooling without padding: each window's maximum, per example and channel.
+         */
+        Maxpool2dLayer: {
+            /**
+             * Type
+             * @description `maxpool2d`: 2-D max pooling without padding: each window's maximum, per example and channel.
+             * @default maxpool2d
+             * @constant
+             */
+            type?: "maxpool2d";
+            /**
+             * Size
+             * @description Pooling window: an int or [ph, pw], positive.
+             */
+            size: number | number[];
+            /**
+             * Stride
+             * @description Stride: an int or [sh, sw], positive; default the window (non-overlapping windows).
+             * @default null
+             */
+            stride?: number | number[] | null;
+            /**
+             * Ties
+             * @description Which entries of a window get its gradient when several equal the maximum: `first` (the first in row-major order of the window, as PyTorch and cs231n's argmax) or `all` (every one, each the whole gradient, as deeplearning.ai's create_mask_from_window, x == max).
+             * @default first
+             * @enum {string}
+             */
+            ties?: "first" | "all";
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /** NetworkBackwardGradeRequest */
+        NetworkBackwardGradeRequest: {
+            /**
+             * Layers
+             * @description Layers 1 .. L as in /v1/gradients.
+             */
+            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"])[];
+            /**
+             * Caches
+             * @description One cache per layer, as the course's caches list holds them: each layer's own input A_prev and pre-activation Z, used as sent even where they are not what the previous layer outputs (the course's L_model_backward test case draws them independently).
+             */
+            caches: components["schemas"]["CacheSpec"][];
+            /**
+             * Dal
+             * @description dJ/dA_L, the upstream gradient of the output. Send this or `AL`, `Y` and `cost`.
+             * @default null
+             */
+            dAL?: number[][] | null;
+            /**
+             * Al
+             * @description The output as cached: dA_L is then the cost's formula of it (binary cross-entropy: -(Y/AL - (1-Y)/(1-AL))), AL as sent (the course's test case has AL > 1).
+             * @default null
+             */
+            AL?: number[][] | null;
+            /**
+             * Y
+             * @description Labels, with AL.
+             * @default null
+             */
+            Y?: number[] | number[][] | null;
+            /**
+             * Cost
+             * @description The cost, with AL.
+             * @default null
+             */
+            cost?: ("binary_cross_entropy" | "categorical_cross_entropy" | "mean_squared_error" | "multiclass_hinge") | null;
+            /**
+             * Layout
+             * @description Orientation of every (units, m) array.
+             * @default features_first
+             * @enum {string}
+             */
+            layout?: "features_first" | "examples_first";
+            /**
+             * Weight Layout
+             * @description Dense W as (n_l, n_{l-1}) or (n_{l-1}, n_l).
+             * @default out_in
+             * @enum {string}
+             */
+            weight_layout?: "out_in" | "in_out";
+            /**
+             * Intermediates
+             * @description As in /v1/layer/backward.
+             * @default per_example
+             * @enum {string}
+             */
+            intermediates?: "per_example" | "mean";
+            /**
+             * L2
+             * @description lambda >= 0: dW_l += (lambda/m) W_l.
+             * @default 0
+             */
+            l2?: number;
+            /**
+             * Task
+             * @description `network_backward`: the body of POST /v1/network/backward, graded by its response's names.
+             * @constant
+             */
+            task: "network_backward";
+            /**
+             * @description One student's values (malformed: a 422). Send this or `submissions`.
+             * @default null
+             */
+            submission?: components["schemas"]["StepSubmission"] | null;
+            /**
+             * Submissions
+             * @description The batch form: many students' values graded against one reference, computed once (1 to 500 of them, fewer if the key's policy says so). Send this or `submission`. Each is validated on its own: a malformed one gets a result with `status: invalid` and its located `errors`, the others are graded. The batch is priced before any work: at most 20000 graded keys in all, and the comparisons with the reference and with every hypothesis a wrong key may be tested against within a fixed budget (422 `limit_exceeded` otherwise).
+             * @default null
+             */
+            submissions?: (components["schemas"]["StepSubmission"] | unknown)[] | null;
+            /**
+             * Rtol
+             * @description Relative tolerance, default 1e-5: an entry passes when |s - r| <= atol + rtol * |r| (numpy.isclose, r the reference). The key's policy may bound it: a value sent outside its bounds is a 403, and when it is not sent the default is moved into them.
+             * @default 0.00001
+             */
+            rtol?: number;
+            /**
+             * Atol
+             * @description Absolute tolerance, default 1e-8: an entry passes when |s - r| <= atol + rtol * |r| (numpy.isclose, r the reference). The key's policy may bound it: a value sent outside its bounds is a 403, and when it is not sent the default is moved into them.
+             * @default 1e-8
+             */
+            atol?: number;
+            /**
+             * Points
+             * @description Points per key (at least one key; leave `points` out for the default); these keys are graded and a key not submitted is `missing`. A key is worth its points when `correct`, 0 otherwise. Default: every submitted key, 1 point each. Submitted keys not listed are graded for information, worth 0.
+             * @default null
+             */
+            points?: {
+                [key: string]: number;
+            } | null;
+            /**
+             * Reveal
+             * @description Include the reference: the top-level `reference` (every graded key, once per request), each worst entry's value, exact errors and the fitted evidence of diagnoses (403 when the key's policy does not allow it). Default false: no number of the response, messages included, is computed from the reference except the errors and `difference`, rounded up to a power of ten (`error_precision`; none at all under a policy with `feedback: status`), and counts and indices of entries. Each graded value still answers a question about the reference (is it within the tolerance? in which power of ten is the error?): the README's Threat model says how many requests a search needs under each policy.
+             * @default false
+             */
+            reveal?: boolean;
+            /**
+             * Shape Policy
+             * @description A shape that differs only by axes of length 1 (db as (n,) where (n, 1) was expected, or the reverse): `strict` grades it `shape_mismatch` (with the `column_vs_vector` diagnosis when the values are right); `lenient` grades the values and adds a note.
+             * @default strict
+             * @enum {string}
+             */
+            shape_policy?: "strict" | "lenient";
+            /**
+             * Format
+             * @description `native`: this service's JSON. `gradescope`: a Gradescope results.json (`score`, `output`, `tests[]` with `name`, `score`, `max_score`, `status`, `output`, `visibility`), one per submission in the batch form. `prairielearn`: a PrairieLearn external grader's results.json (`gradable`, `score` in [0, 1], `message`, `tests[]` with `name`, `points`, `max_points`, `message`, `output`). `junit`: JUnit XML as `application/xml` (a testsuite per submission, a testcase per key, the diagnosis in the failure message).
+             * @default native
+             * @enum {string}
+             */
+            format?: "native" | "gradescope" | "prairielearn" | "junit";
+            /**
+             * Visibility
+             * @description Gradescope `visibility` of each test (with `format: gradescope`).
+             * @default visible
+             * @enum {string}
+             */
+            visibility?: "visible" | "hidden" | "after_due_date" | "after_published";
+        };
+        /** NetworkBackwardRequest */
+        NetworkBackwardRequest: {
+            /**
+             * Layers
+             * @description Layers 1 .. L as in /v1/gradients.
+             */
+            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"])[];
+            /**
+             * Caches
+             * @description One cache per layer, as the course's caches list holds them: each layer's own input A_prev and pre-activation Z, used as sent even where they are not what the previous layer outputs (the course's L_model_backward test case draws them independently).
+             */
+            caches: components["schemas"]["CacheSpec"][];
+            /**
+             * Dal
+             * @description dJ/dA_L, the upstream gradient of the output. Send this or `AL`, `Y` and `cost`.
+             * @default null
+             */
+            dAL?: number[][] | null;
+            /**
+             * Al
+             * @description The output as cached: dA_L is then the cost's formula of it (binary cross-entropy: -(Y/AL - (1-Y)/(1-AL))), AL as sent (the course's test case has AL > 1).
+             * @default null
+             */
+            AL?: number[][] | null;
+            /**
+             * Y
+             * @description Labels, with AL.
+             * @default null
+             */
+            Y?: number[] | number[][] | null;
+            /**
+             * Cost
+             * @description The cost, with AL.
+             * @default null
+             */
+            cost?: ("binary_cross_entropy" | "categorical_cross_entropy" | "mean_squared_error" | "multiclass_hinge") | null;
+            /**
+             * Layout
+             * @description Orientation of every (units, m) array.
+             * @default features_first
+             * @enum {string}
+             */
+            layout?: "features_first" | "examples_first";
+            /**
+             * Weight Layout
+             * @description Dense W as (n_l, n_{l-1}) or (n_{l-1}, n_l).
+             * @default out_in
+             * @enum {string}
+             */
+            weight_layout?: "out_in" | "in_out";
+            /**
+             * Intermediates
+             * @description As in /v1/layer/backward.
+             * @default per_example
+             * @enum {string}
+             */
+            intermediates?: "per_example" | "mean";
+            /**
+             * L2
+             * @description lambda >= 0: dW_l += (lambda/m) W_l.
+             * @default 0
+             */
+            l2?: number;
+        };
         /** NullWarning */
         NullWarning: {
             /**
@@ -1332,6 +2470,306 @@ export interface components {
              * @description How many entries are null.
              */
             count: number;
+        };
+        /** OptimizerInfo */
+        OptimizerInfo: {
+            /** Name */
+            name: string;
+            /** Description */
+            description: string;
+            /** Conventions */
+            conventions: {
+                [key: string]: components["schemas"]["RuleInfo"];
+            };
+            /**
+             * Mistakes
+             * @description The diagnosis codes of its typical mistakes (POST /v1/grade).
+             */
+            mistakes: string[];
+        };
+        /** OptimizerStepGradeRequest */
+        OptimizerStepGradeRequest: {
+            /**
+             * Optimizer
+             * @description The update rule: `sgd` (Gradient descent: P = P - learning_rate dP.), `momentum` (Gradient descent with momentum.), `rmsprop` (RMSprop: the step divided by a running root mean square of the gradient.), `adam` (Adam: momentum and RMSprop with bias correction.)
+             * @enum {string}
+             */
+            optimizer: "sgd" | "momentum" | "rmsprop" | "adam";
+            /**
+             * Convention
+             * @description `deeplearning_ai` (the default): state `v` and `s`, momentum v = beta v + (1 - beta) dW, Adam's t used as sent. `cs231n` (optim.py): state `velocity` (v = momentum v - lr dw), `cache` (rmsprop), `m` and `v` (Adam, whose t is incremented before use), and its defaults.
+             * @default deeplearning_ai
+             * @enum {string}
+             */
+            convention?: "deeplearning_ai" | "cs231n";
+            /**
+             * Params
+             * @description Each parameter's name -> its array (W1, b1, ... or cs231n's w).
+             */
+            params: {
+                [key: string]: number[] | number[][] | number[][][] | number[][][][];
+            };
+            /**
+             * Grads
+             * @description `d` + each parameter's name -> its gradient, of its shape.
+             */
+            grads: {
+                [key: string]: number[] | number[][] | number[][][] | number[][][][];
+            };
+            /**
+             * State
+             * @description The optimizer's state, by its name (deeplearning_ai: `v`, and `s` for rmsprop and adam; cs231n: `velocity`, `cache`, or `m` and `v`), each keyed by gradient name (dW1). Absent, or a name absent: zeros, as initialize_velocity and initialize_adam start.
+             * @default null
+             */
+            state?: {
+                [key: string]: {
+                    [key: string]: number[] | number[][] | number[][][] | number[][][][];
+                };
+            } | null;
+            /**
+             * T
+             * @description Adam's step number: deeplearning_ai uses it as sent in the bias correction (t >= 1, required); cs231n increments it first (default 0). Returned as used.
+             * @default null
+             */
+            t?: number | null;
+            /**
+             * Learning Rate
+             * @description lr > 0 (default: the convention's, 0.01; cs231n Adam 1e-3).
+             * @default null
+             */
+            learning_rate?: number | null;
+            /**
+             * Beta
+             * @description Momentum's beta in [0, 1) (deeplearning_ai; default 0.9).
+             * @default null
+             */
+            beta?: number | null;
+            /**
+             * Momentum
+             * @description Momentum in [0, 1) (cs231n's sgd_momentum; default 0.9).
+             * @default null
+             */
+            momentum?: number | null;
+            /**
+             * Beta1
+             * @description Adam's first-moment decay in [0, 1) (default 0.9).
+             * @default null
+             */
+            beta1?: number | null;
+            /**
+             * Beta2
+             * @description The second-moment decay in [0, 1) (default 0.999).
+             * @default null
+             */
+            beta2?: number | null;
+            /**
+             * Decay Rate
+             * @description cs231n rmsprop's cache decay in [0, 1) (default 0.99).
+             * @default null
+             */
+            decay_rate?: number | null;
+            /**
+             * Epsilon
+             * @description epsilon > 0 (default 1e-8).
+             * @default null
+             */
+            epsilon?: number | null;
+            /**
+             * @description Decay the learning rate first; the response's `learning_rate` is the one used.
+             * @default null
+             */
+            learning_rate_decay?: components["schemas"]["LearningRateDecay"] | null;
+            /**
+             * Task
+             * @description `optimizer_step`: the body of POST /v1/optimizer-step, graded by its response's names.
+             * @constant
+             */
+            task: "optimizer_step";
+            /**
+             * @description One student's values (malformed: a 422). Send this or `submissions`.
+             * @default null
+             */
+            submission?: components["schemas"]["StepSubmission"] | null;
+            /**
+             * Submissions
+             * @description The batch form: many students' values graded against one reference, computed once (1 to 500 of them, fewer if the key's policy says so). Send this or `submission`. Each is validated on its own: a malformed one gets a result with `status: invalid` and its located `errors`, the others are graded. The batch is priced before any work: at most 20000 graded keys in all, and the comparisons with the reference and with every hypothesis a wrong key may be tested against within a fixed budget (422 `limit_exceeded` otherwise).
+             * @default null
+             */
+            submissions?: (components["schemas"]["StepSubmission"] | unknown)[] | null;
+            /**
+             * Rtol
+             * @description Relative tolerance, default 1e-5: an entry passes when |s - r| <= atol + rtol * |r| (numpy.isclose, r the reference). The key's policy may bound it: a value sent outside its bounds is a 403, and when it is not sent the default is moved into them.
+             * @default 0.00001
+             */
+            rtol?: number;
+            /**
+             * Atol
+             * @description Absolute tolerance, default 1e-8: an entry passes when |s - r| <= atol + rtol * |r| (numpy.isclose, r the reference). The key's policy may bound it: a value sent outside its bounds is a 403, and when it is not sent the default is moved into them.
+             * @default 1e-8
+             */
+            atol?: number;
+            /**
+             * Points
+             * @description Points per key (at least one key; leave `points` out for the default); these keys are graded and a key not submitted is `missing`. A key is worth its points when `correct`, 0 otherwise. Default: every submitted key, 1 point each. Submitted keys not listed are graded for information, worth 0.
+             * @default null
+             */
+            points?: {
+                [key: string]: number;
+            } | null;
+            /**
+             * Reveal
+             * @description Include the reference: the top-level `reference` (every graded key, once per request), each worst entry's value, exact errors and the fitted evidence of diagnoses (403 when the key's policy does not allow it). Default false: no number of the response, messages included, is computed from the reference except the errors and `difference`, rounded up to a power of ten (`error_precision`; none at all under a policy with `feedback: status`), and counts and indices of entries. Each graded value still answers a question about the reference (is it within the tolerance? in which power of ten is the error?): the README's Threat model says how many requests a search needs under each policy.
+             * @default false
+             */
+            reveal?: boolean;
+            /**
+             * Shape Policy
+             * @description A shape that differs only by axes of length 1 (db as (n,) where (n, 1) was expected, or the reverse): `strict` grades it `shape_mismatch` (with the `column_vs_vector` diagnosis when the values are right); `lenient` grades the values and adds a note.
+             * @default strict
+             * @enum {string}
+             */
+            shape_policy?: "strict" | "lenient";
+            /**
+             * Format
+             * @description `native`: this service's JSON. `gradescope`: a Gradescope results.json (`score`, `output`, `tests[]` with `name`, `score`, `max_score`, `status`, `output`, `visibility`), one per submission in the batch form. `prairielearn`: a PrairieLearn external grader's results.json (`gradable`, `score` in [0, 1], `message`, `tests[]` with `name`, `points`, `max_points`, `message`, `output`). `junit`: JUnit XML as `application/xml` (a testsuite per submission, a testcase per key, the diagnosis in the failure message).
+             * @default native
+             * @enum {string}
+             */
+            format?: "native" | "gradescope" | "prairielearn" | "junit";
+            /**
+             * Visibility
+             * @description Gradescope `visibility` of each test (with `format: gradescope`).
+             * @default visible
+             * @enum {string}
+             */
+            visibility?: "visible" | "hidden" | "after_due_date" | "after_published";
+        };
+        /** OptimizerStepRequest */
+        OptimizerStepRequest: {
+            /**
+             * Optimizer
+             * @description The update rule: `sgd` (Gradient descent: P = P - learning_rate dP.), `momentum` (Gradient descent with momentum.), `rmsprop` (RMSprop: the step divided by a running root mean square of the gradient.), `adam` (Adam: momentum and RMSprop with bias correction.)
+             * @enum {string}
+             */
+            optimizer: "sgd" | "momentum" | "rmsprop" | "adam";
+            /**
+             * Convention
+             * @description `deeplearning_ai` (the default): state `v` and `s`, momentum v = beta v + (1 - beta) dW, Adam's t used as sent. `cs231n` (optim.py): state `velocity` (v = momentum v - lr dw), `cache` (rmsprop), `m` and `v` (Adam, whose t is incremented before use), and its defaults.
+             * @default deeplearning_ai
+             * @enum {string}
+             */
+            convention?: "deeplearning_ai" | "cs231n";
+            /**
+             * Params
+             * @description Each parameter's name -> its array (W1, b1, ... or cs231n's w).
+             */
+            params: {
+                [key: string]: number[] | number[][] | number[][][] | number[][][][];
+            };
+            /**
+             * Grads
+             * @description `d` + each parameter's name -> its gradient, of its shape.
+             */
+            grads: {
+                [key: string]: number[] | number[][] | number[][][] | number[][][][];
+            };
+            /**
+             * State
+             * @description The optimizer's state, by its name (deeplearning_ai: `v`, and `s` for rmsprop and adam; cs231n: `velocity`, `cache`, or `m` and `v`), each keyed by gradient name (dW1). Absent, or a name absent: zeros, as initialize_velocity and initialize_adam start.
+             * @default null
+             */
+            state?: {
+                [key: string]: {
+                    [key: string]: number[] | number[][] | number[][][] | number[][][][];
+                };
+            } | null;
+            /**
+             * T
+             * @description Adam's step number: deeplearning_ai uses it as sent in the bias correction (t >= 1, required); cs231n increments it first (default 0). Returned as used.
+             * @default null
+             */
+            t?: number | null;
+            /**
+             * Learning Rate
+             * @description lr > 0 (default: the convention's, 0.01; cs231n Adam 1e-3).
+             * @default null
+             */
+            learning_rate?: number | null;
+            /**
+             * Beta
+             * @description Momentum's beta in [0, 1) (deeplearning_ai; default 0.9).
+             * @default null
+             */
+            beta?: number | null;
+            /**
+             * Momentum
+             * @description Momentum in [0, 1) (cs231n's sgd_momentum; default 0.9).
+             * @default null
+             */
+            momentum?: number | null;
+            /**
+             * Beta1
+             * @description Adam's first-moment decay in [0, 1) (default 0.9).
+             * @default null
+             */
+            beta1?: number | null;
+            /**
+             * Beta2
+             * @description The second-moment decay in [0, 1) (default 0.999).
+             * @default null
+             */
+            beta2?: number | null;
+            /**
+             * Decay Rate
+             * @description cs231n rmsprop's cache decay in [0, 1) (default 0.99).
+             * @default null
+             */
+            decay_rate?: number | null;
+            /**
+             * Epsilon
+             * @description epsilon > 0 (default 1e-8).
+             * @default null
+             */
+            epsilon?: number | null;
+            /**
+             * @description Decay the learning rate first; the response's `learning_rate` is the one used.
+             * @default null
+             */
+            learning_rate_decay?: components["schemas"]["LearningRateDecay"] | null;
+        };
+        /**
+         * OptimizerStepResponse
+         * @description Also, for Adam, the bias-corrected moments keyed by gradient name: `v_corrected` and `s_corrected` (deeplearning_ai), `m_corrected` and `v_corrected` (cs231n).
+         */
+        OptimizerStepResponse: {
+            /**
+             * Params
+             * @description The updated parameters, by name.
+             */
+            params: {
+                [key: string]: unknown;
+            };
+            /**
+             * State
+             * @description The updated state, by its name then gradient name (empty for sgd).
+             */
+            state: {
+                [key: string]: {
+                    [key: string]: unknown;
+                };
+            };
+            /**
+             * T
+             * @description The step number used (cs231n: t + 1); null for optimizers without one.
+             */
+            t: number | null;
+            /**
+             * Learning Rate
+             * @description The learning rate used (after `learning_rate_decay`).
+             */
+            learning_rate: number;
+        } & {
+            [key: string]: unknown;
         };
         /** ParameterCheckOut */
         ParameterCheckOut: {
@@ -1463,6 +2901,33 @@ export interface components {
              */
             request_id?: string | null;
         };
+        /** RuleInfo */
+        RuleInfo: {
+            /**
+             * Hyperparameters
+             * @description Each hyperparameter and its default.
+             */
+            hyperparameters: {
+                [key: string]: number;
+            };
+            /**
+             * State
+             * @description The state it keeps, each a dictionary keyed by gradient name.
+             */
+            state: string[];
+            /**
+             * Extras
+             * @description What else the response holds (Adam's bias-corrected moments).
+             */
+            extras: string[];
+            /**
+             * Step Number
+             * @description How t is used: `as sent`, `t + 1`; null: no step number.
+             */
+            step_number: string | null;
+            /** Formula */
+            formula: string;
+        };
         /** ServiceInfo */
         ServiceInfo: {
             /** Name */
@@ -1478,6 +2943,18 @@ export interface components {
              * @description The layer kinds (`layers[i].type`), from the engine's registry.
              */
             kinds: components["schemas"]["KindInfo"][];
+            /**
+             * Optimizers
+             * @description The optimizers of POST /v1/optimizer-step.
+             */
+            optimizers: components["schemas"]["OptimizerInfo"][];
+            /**
+             * Grading Tasks
+             * @description Each `task` of POST /v1/grade and the route whose body it grades.
+             */
+            grading_tasks: {
+                [key: string]: string;
+            };
             /** Layouts */
             layouts: string[];
             /** Weight Layouts */
@@ -1495,6 +2972,80 @@ export interface components {
             api_keys_required: boolean;
         };
         /**
+         * SpatialBatchnormLayer
+         * @description Batch normalisation of images per channel over the examples and pixels (cs231n's spatial_batchnorm_forward, PyTorch's BatchNorm2d): out = gamma (x - mean) / sqrt(var + eps) + beta.
+         */
+        SpatialBatchnormLayer: {
+            /**
+             * Type
+             * @description `spatial_batchnorm`: Batch normalisation of images per channel over the examples and pixels (cs231n's spatial_batchnorm_forward, PyTorch's BatchNorm2d): out = gamma (x - mean) / sqrt(var + eps) + beta.
+             * @default spatial_batchnorm
+             * @constant
+             */
+            type?: "spatial_batchnorm";
+            /**
+             * Gamma
+             * @description Scale, one per channel (normalised over the examples and pixels): (C,), or (1, C, 1, 1) with NCHW, (1, 1, 1, C) with NHWC; dgamma comes back in the shape sent.
+             */
+            gamma: number[] | number[][][][];
+            /**
+             * Beta
+             * @description Shift, one per channel: (C,), or (1, C, 1, 1) with NCHW, (1, 1, 1, C) with NHWC; dbeta comes back in the shape sent.
+             */
+            beta: number[] | number[][][][];
+            /**
+             * Running Mean
+             * @description The running mean per channel, (C,), or (1, C, 1, 1) with NCHW, (1, 1, 1, C) with NHWC; default zeros. Returned updated in train mode, under `state`.
+             * @default null
+             */
+            running_mean?: number[] | number[][][][] | null;
+            /**
+             * Running Var
+             * @description The running variance per channel, (C,), or (1, C, 1, 1) with NCHW, (1, 1, 1, C) with NHWC; default ones. Returned updated in train mode.
+             * @default null
+             */
+            running_var?: number[] | number[][][][] | null;
+            /**
+             * Eps
+             * @description Added to the variance before the square root.
+             * @default 0.00001
+             */
+            eps?: number;
+            /**
+             * Momentum
+             * @description running = momentum running + (1 - momentum) batch.
+             * @default 0.9
+             */
+            momentum?: number;
+            /**
+             * Mode
+             * @description `train`: the batch's mean and (biased) variance per channel; `test`: the running statistics, which must then be sent.
+             * @default train
+             * @enum {string}
+             */
+            mode?: "train" | "test";
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /**
+         * StepSubmission
+         * @description The student's values keyed by the task's response names, nested as the route returns them (or as dotted keys: `params.W1`, `state.v.dW1`): numbers or arrays whose entries may be null (null grades `not_a_number`). The route's response, fed back, scores full marks.
+         */
+        StepSubmission: {
+            [key: string]: number | null | ((number | null)[] | (number | null)[][] | (number | null)[][][] | (number | null)[][][][]);
+        };
+        /**
          * Submission
          * @description The student's values keyed by the course's names: `cost` (a number, or a one-element array of it), `AL`, `dW1..dWL`, `db1..dbL`, `dZ1..dZL`, `dA0..dA{L}` (arrays in the request's layout, as /v1/gradients returns them: its response, fed back, scores full marks). At least one key, unless `points` lists the keys to grade. Entries are finite numbers or null: a null entry grades the key `not_a_number`, except where the reference itself is null (not representable in float64), where a null or any number is accepted. Ragged rows, strings, booleans, NaN or Infinity tokens make the submission invalid: a 422 for `submission`, a result with `status: invalid` and the located errors in the batch form.
          */
@@ -1506,7 +3057,7 @@ export interface components {
              */
             cost?: number | null;
         } & {
-            [key: string]: (number | null)[] | (number | null)[][];
+            [key: string]: (number | null)[] | (number | null)[][] | (number | null)[][][][];
         };
         /** WorstEntry */
         WorstEntry: {
@@ -1668,7 +3219,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["GradeRequest"];
+                "application/json": components["schemas"]["GradeAnyRequest"];
             };
         };
         responses: {
@@ -1927,6 +3478,619 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ExplainResponse"];
                 };
+            };
+            /** @description Malformed JSON. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or wrong API key (only when keys are configured). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not allowed by the policy of this API key (service setting): the field and the policy are named. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such route. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Method not allowed on this route. */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the size limit; refused before it is read. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Content-Type is not application/json. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body parsed but is invalid: every problem is listed with its location. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Over the rate limit of this API key's policy; `Retry-After` says when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected failure (logged; no traceback is sent). */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not ready (a readiness check failed), or the rate-limit store cannot be reached. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    post_v1_layer_forward: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LayerForwardRequest"];
+            };
+        };
+        responses: {
+            /** @description Success. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LayerForwardResponse"];
+                };
+            };
+            /** @description Malformed JSON. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or wrong API key (only when keys are configured). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not allowed by the policy of this API key (service setting): the field and the policy are named. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such route. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Method not allowed on this route. */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the size limit; refused before it is read. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Content-Type is not application/json. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body parsed but is invalid: every problem is listed with its location. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Over the rate limit of this API key's policy; `Retry-After` says when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected failure (logged; no traceback is sent). */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not ready (a readiness check failed), or the rate-limit store cannot be reached. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    post_v1_layer_backward: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LayerBackwardRequest"];
+            };
+        };
+        responses: {
+            /** @description Success. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LayerBackwardResponse"];
+                };
+            };
+            /** @description Malformed JSON. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or wrong API key (only when keys are configured). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not allowed by the policy of this API key (service setting): the field and the policy are named. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such route. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Method not allowed on this route. */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the size limit; refused before it is read. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Content-Type is not application/json. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body parsed but is invalid: every problem is listed with its location. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Over the rate limit of this API key's policy; `Retry-After` says when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected failure (logged; no traceback is sent). */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not ready (a readiness check failed), or the rate-limit store cannot be reached. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    post_v1_cost: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CostRequest"];
+            };
+        };
+        responses: {
+            /** @description Success. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CostResponse"];
+                };
+            };
+            /** @description Malformed JSON. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or wrong API key (only when keys are configured). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not allowed by the policy of this API key (service setting): the field and the policy are named. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such route. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Method not allowed on this route. */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the size limit; refused before it is read. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Content-Type is not application/json. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body parsed but is invalid: every problem is listed with its location. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Over the rate limit of this API key's policy; `Retry-After` says when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected failure (logged; no traceback is sent). */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not ready (a readiness check failed), or the rate-limit store cannot be reached. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "post_v1_optimizer-step": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["OptimizerStepRequest"];
+            };
+        };
+        responses: {
+            /** @description Success. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OptimizerStepResponse"];
+                };
+            };
+            /** @description Malformed JSON. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or wrong API key (only when keys are configured). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not allowed by the policy of this API key (service setting): the field and the policy are named. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such route. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Method not allowed on this route. */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the size limit; refused before it is read. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Content-Type is not application/json. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body parsed but is invalid: every problem is listed with its location. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Over the rate limit of this API key's policy; `Retry-After` says when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected failure (logged; no traceback is sent). */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not ready (a readiness check failed), or the rate-limit store cannot be reached. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    post_v1_network_backward: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NetworkBackwardRequest"];
+            };
+        };
+        responses: {
+            /** @description Success. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Malformed JSON. */
             400: {
