@@ -292,8 +292,8 @@ class TorchNet:
         self.X = torch.from_numpy(X.copy()).requires_grad_()
         self.Y = torch.from_numpy(Y.copy())
         self.labels = torch.from_numpy(Y.argmax(axis=0))
-        self.W = [torch.from_numpy(layer.W.copy()).requires_grad_() for layer in layers]
-        self.b = [torch.from_numpy(layer.b.copy()).requires_grad_() for layer in layers]
+        self.W = [torch.from_numpy(layer.params["W"].copy()).requires_grad_() for layer in layers]
+        self.b = [torch.from_numpy(layer.params["b"].copy()).requires_grad_() for layer in layers]
         self.Z: list = []
         self.A: list = []
 
@@ -362,7 +362,7 @@ def products(layers, A: list, dZ: list, lib):
     """The network's matrix products alone, back to back: per layer the forward W A_{l-1}, dW's dZ A_{l-1}^T and
     dA_{l-1}'s W^T dZ (9 for 3 layers), on numpy arrays (lib=np) or the same memory as torch tensors."""
     conv = (lambda a: a) if lib is np else torch.from_numpy
-    W = [conv(layer.W) for layer in layers]
+    W = [conv(layer.params["W"]) for layer in layers]
     A = [conv(a) for a in A]
     dZ = [conv(d) for d in dZ]
 

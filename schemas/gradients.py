@@ -322,11 +322,11 @@ def _engine_layer(spec, layouts: Layouts, in_shape: tuple[int, ...]) -> Layer:
     return Layer(spec.type, params, spec.activation, slope, hyper, state)
 
 
-def prepare(req: GradientRequest, limits: Limits) -> Prepared:
-    """Cross-field checks (limits, shape chain, pairings, labels, masks) and conversion to the engine's form.
-
-    Raises InvalidRequest listing every problem found, each with its location.
-    """
+def check_limits(req: GradientRequest, limits: Limits) -> tuple[list, list[ErrorItem]]:
+    """The shape chain (each layer's output shape, and the chain's located errors) and the size and work limits,
+    from shapes alone: InvalidRequest (422 limit_exceeded) over any limit. No array entry is read, so it also
+    prices a request whose arrays only have their shapes (the binary protocol checks every limit from its header
+    before reading a tensor: service.oip_routes)."""
     layouts = _layouts(req)
     X = layouts.to_engine_activation(req.X)
     features, m = _features(X)
@@ -334,6 +334,18 @@ def prepare(req: GradientRequest, limits: Limits) -> Prepared:
     errors = _check_limits(req, limits, shapes, m)
     if errors:
         raise InvalidRequest(errors, status=422, title="Request over the limits", slug="limit-exceeded")
+    return shapes, chain_errors
+
+
+def prepare(req: GradientRequest, limits: Limits) -> Prepared:
+    """Cross-field checks (limits, shape chain, pairings, labels, masks) and conversion to the engine's form.
+
+    Raises InvalidRequest listing every problem found, each with its location.
+    """
+    layouts = _layouts(req)
+    X = layouts.to_engine_activation(req.X)
+    m = _features(X)[1]
+    shapes, chain_errors = check_limits(req, limits)
     L = len(req.layers)
     errors = _layout_hint(req, layouts) if chain_errors and X.ndim == 4 else []
     if errors:  # every shape error comes from reading the images the wrong way round

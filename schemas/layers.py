@@ -78,7 +78,9 @@ def _int_pair(h: Hyper) -> Any:
     return Annotated[Any, PlainValidator(validate), WithJsonSchema(schema)]
 
 
-def _model(kind: Kind) -> type[BaseModel]:
+def _model(kind: Kind, activation: str | None = None, suffix: str = "Layer") -> type[BaseModel]:
+    """The request model of one kind; ``activation``: a default that replaces the kind's own (the step routes'
+    ``linear``)."""
     fields: dict[str, Any] = {
         "type": (Literal[kind.name], Field(default=kind.name, description=f"`{kind.name}`: {kind.description}"
                                            + (" The default when `type` is absent." if kind.name == DEFAULT_KIND
@@ -90,13 +92,13 @@ def _model(kind: Kind) -> type[BaseModel]:
         fields[s.name] = (Optional[array_type(*s.ranks)], Field(default=None, description=s.description))
     for h in kind.hypers:
         fields[h.name] = _hyper_field(h)
-    activation_default = ... if kind.default_activation is None else kind.default_activation
-    fields["activation"] = (ActivationName, Field(default=activation_default, description=(
+    default = activation or kind.default_activation
+    fields["activation"] = (ActivationName, Field(default=... if default is None else default, description=(
         "Activation g_l applied to the kind's output; `softmax` only on the output layer."
-        + ("" if kind.default_activation is None else f" Default `{kind.default_activation}`."))))
+        + ("" if default is None else f" Default `{default}`."))))
     fields["negative_slope"] = (Optional[FiniteFloat], Field(
         default=None, description="Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`."))
-    name = "".join(part.capitalize() for part in kind.name.split("_")) + "Layer"
+    name = "".join(part.capitalize() for part in kind.name.split("_")) + suffix
     model = create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
     model.__doc__ = kind.description
     return model
@@ -113,13 +115,21 @@ def _layer_kind(value: Any) -> str | None:
     return getattr(value, "type", None)
 
 
+def _union(models: dict[str, type[BaseModel]]) -> Any:
+    return Annotated[
+        Union[tuple(Annotated[model, Tag(name)] for name, model in models.items())],  # type: ignore[misc]
+        # A layer that is not an object: reported as pydantic reports a model (schemas.errors renames the type).
+        Discriminator(_layer_kind, custom_error_type="layer_type",
+                      custom_error_message="Input should be a valid dictionary or instance of LayerSpec"),
+    ]
+
+
 # One layer of any kind.
-LayerSpec = Annotated[
-    Union[tuple(Annotated[model, Tag(name)] for name, model in LAYER_MODELS.items())],  # type: ignore[misc]
-    # A layer that is not an object: reported as pydantic reports a model (schemas.errors renames the type).
-    Discriminator(_layer_kind, custom_error_type="layer_type",
-                  custom_error_message="Input should be a valid dictionary or instance of LayerSpec"),
-]
+LayerSpec = _union(LAYER_MODELS)
+# The layer of a one-step route: `activation` defaults to linear (the course's linear_forward and linear_backward
+# have none).
+STEP_ACTIVATION = "linear"
+StepLayerSpec = _union({name: _model(kind, STEP_ACTIVATION, "StepLayer") for name, kind in KINDS.items()})
 
 
 def sent_arrays(spec: BaseModel) -> dict[str, Any]:

@@ -41,9 +41,10 @@ class Policy(BaseModel):
     max_rtol: Optional[float] = Field(default=None, ge=0, description="Largest `rtol` a request may send.")
     min_atol: Optional[float] = Field(default=None, ge=0, description="Smallest `atol` a request may send.")
     max_atol: Optional[float] = Field(default=None, ge=0, description="Largest `atol` a request may send.")
-    rate_limit: Optional[str] = Field(default=None, description="Requests per key to /v1 routes, in flask-limiter's "
-                                      "notation (`60/minute`, `1000 per day`, `10/second;500/hour`); none: no limit.")
-    routes: Optional[list[str]] = Field(default=None, description="The /v1 paths the key may call (e.g. "
+    rate_limit: Optional[str] = Field(default=None, description="Requests per key to /v1 and /v2 routes, in "
+                                      "flask-limiter's notation (`60/minute`, `1000 per day`, `10/second;500/hour`); "
+                                      "none: no limit.")
+    routes: Optional[list[str]] = Field(default=None, description="The /v1 and /v2 paths the key may call (e.g. "
                                         "[\"/v1/grade\"]); none: every one.")
 
     @field_validator("keys")

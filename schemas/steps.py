@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.arrays import array_type
 from schemas.common import FiniteFloat, Matrix, MatrixOrVector
 from schemas.errors import ErrorItem, InvalidRequest
 from schemas.gradients import (LAYOUTS, WEIGHT_LAYOUTS, CostName, Intermediates, NullWarning, Numbers, _labels,
                                MAX_LISTED_ENTRIES)
-from schemas.layers import ActivationName, LayerSpec, hyperparameters, sent_arrays
+from schemas.layers import ActivationName, LayerSpec, StepLayerSpec, hyperparameters, sent_arrays
 from schemas.limits import Limits
 from service.engine import COSTS, Layer, keys, steps
 from service.engine.activations import ACTIVATIONS, DEFAULT_NEGATIVE_SLOPE
@@ -29,16 +29,6 @@ from service.engine.kinds.base import shape_text
 
 Layout = Literal[LAYOUTS]  # type: ignore[valid-type]
 WeightLayout = Literal[WEIGHT_LAYOUTS]  # type: ignore[valid-type]
-STEP_ACTIVATION = "linear"  # a step's layer without an activation: linear_forward and linear_backward have none
-
-
-def _default_activation(data: Any) -> Any:
-    """The layer of a step request takes ``linear`` when it names no activation."""
-    if isinstance(data, dict) and isinstance(data.get("layer"), dict) and "activation" not in data["layer"]:
-        data = {**data, "layer": {**data["layer"], "activation": STEP_ACTIVATION}}
-    return data
-
-
 _LAYER = ("One layer of any kind, as an entry of `layers` in /v1/gradients (`type`, default `dense`, its parameters, "
           "hyperparameters and running statistics); `activation` defaults to `linear` here (the course's "
           "linear_forward and linear_backward have none).")
@@ -48,16 +38,11 @@ _LAYER = ("One layer of any kind, as an entry of `layers` in /v1/gradients (`typ
 class LayerForwardRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    layer: LayerSpec = Field(description=_LAYER)
+    layer: StepLayerSpec = Field(description=_LAYER)
     A_prev: Matrix = Field(description="The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first.")
     layout: Layout = Field(default="features_first", description="Orientation of A_prev and of every (units, m) array.")
     weight_layout: WeightLayout = Field(default="out_in", description="Dense W as (n_l, n_{l-1}) (`out_in`) or "
                                                                       "(n_{l-1}, n_l) (`in_out`, cs231n's).")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _linear_by_default(cls, data: Any) -> Any:
-        return _default_activation(data)
 
 
 # The body of POST /v1/layer/backward.

@@ -11,7 +11,8 @@
 #      no capabilities), waits for the image's HEALTHCHECK to report healthy and checks POST /v1/gradients
 #      against the README's numbers, /readyz, /metrics, the non-root user, a clean SIGTERM stop;
 #   5. the same through docker-compose up with docker-compose.yml (as `config` resolves it, switched to the host
-#      network: no published port, a loopback bind), and checks its hardening on the running container;
+#      network: no published port, a loopback bind), and checks its hardening on the running container, and that
+#      two worst-case requests at once fit its 1 GiB memory limit (scripts/container_memory.py);
 #   6. the nginx load balancer of docker-compose.scale.yml: three replicas and nginx with deploy/nginx/nginx.conf
 #      in one private network namespace, requests through nginx reach every replica (nginx image built here
 #      from the local base with Debian's nginx); docker-compose.scale.yml itself is checked with `config`;
@@ -378,6 +379,14 @@ for want in read_only=true tmpfs=/tmp memory=1073741824 nano_cpus=2000000000 res
   grep -q -F -- "$want" <<<"$hc" || die "$C: compose setting missing ($want): $hc"
 done
 log "$C: $hc"
+# Two worst-case requests at once within the file's 1 GiB limit (issue 7): the container's memory cgroup peak, both
+# answered, not OOM-killed. GRADIENT_CI_MEMORY_RESULTS=path also writes the table (bench/container_memory_results.md).
+memory_args=("http://127.0.0.1:$PORT" "$C" --limit 1073741824)
+[ -z "${GRADIENT_CI_MEMORY_RESULTS:-}" ] || memory_args+=(--results "$GRADIENT_CI_MEMORY_RESULTS")
+memory_ok=1
+"${PYTHON:-python3}" "$ROOT/scripts/container_memory.py" "${memory_args[@]}" >"$RUN/memory.log" 2>&1 || memory_ok=0
+while read -r line; do log "$line"; done <"$RUN/memory.log"
+[ "$memory_ok" = 1 ] || die "$C: two worst-case requests at once did not fit the 1 GiB container"
 GRADIENT_IMAGE=$IMAGE "${COMPOSE[@]}" "${COMPOSE_ARGS[@]}" down --volumes --remove-orphans >/dev/null 2>&1 \
   || die "docker-compose down failed"
 COMPOSE_UP=0

@@ -25,7 +25,7 @@ def create_app(config: Settings | Mapping | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     register_error_handlers(app)
 
-    from service import grading_routes, hooks, learn, ops, routes, step_routes
+    from service import grading_routes, hooks, learn, oip_routes, ops, routes, step_routes
 
     hooks.install(app, settings)
     app.register_blueprint(routes.bp)
@@ -34,6 +34,7 @@ def create_app(config: Settings | Mapping | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(ops.docs_blueprint())
     app.register_blueprint(learn.bp)
+    app.register_blueprint(oip_routes.bp)
     if not settings.api_keys:
         log.info("no API keys configured: /v1 routes are open")
     return app

@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from schemas.errors import PROBLEM_TYPE_PREFIX, ErrorItem, InvalidRequest
 from service.engine import NumericalOverflow
+from service.wire import oip
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,12 @@ MAX_LISTED_ERRORS = 100
 
 def problem_response(status: int, title: str, detail: str, errors: list[ErrorItem] = (),
                      slug: str | None = None, headers: dict | None = None) -> Response:
+    g.reject_reason = slug or f"http_{status}"
+    if request.path == oip.PREFIX or request.path.startswith(oip.PREFIX + "/"):
+        # The Open Inference Protocol's error body: {"error": text}, the same status, the located problems in
+        # the text under the protocol's names (inputs, parameters).
+        return Response(orjson.dumps({"error": oip.error_text(detail, errors)}), status=status, headers=headers,
+                        mimetype="application/json")
     body = {
         "type": PROBLEM_TYPE_PREFIX + slug if slug else "about:blank",
         "title": title,
@@ -29,7 +36,6 @@ def problem_response(status: int, title: str, detail: str, errors: list[ErrorIte
         "errors": [e.model_dump() for e in errors[:MAX_LISTED_ERRORS]],
         "request_id": g.get("request_id"),
     }
-    g.reject_reason = slug or f"http_{status}"
     return Response(orjson.dumps(body), status=status, headers=headers,
                     mimetype="application/problem+json")
 

@@ -18,9 +18,11 @@ from schemas.errors import ErrorItem, InvalidRequest
 from schemas.policy import Policy, key_id
 from service import metrics
 from service.config import Settings
+from service.wire import oip
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 PROTECTED_PREFIX = "/v1"
+PROTECTED_PREFIXES = (PROTECTED_PREFIX, oip.PREFIX)
 # Metric labels come from fixed sets only, never from the request: a client sending random methods must not create
 # a series per method (the route label is the URL rule, or "unmatched").
 METRIC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -56,8 +58,10 @@ def _match(given: str, table: list[tuple[bytes, Caller]]) -> Caller | None:
     return found
 
 
-def _is_v1(path: str) -> bool:
-    return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
+def _is_protected(path: str) -> bool:
+    """/v1 routes and the Open Inference Protocol's /v2 routes, whose inference answers what /v1/gradients does;
+    the protocol's health probes stay open, as /healthz and /readyz do."""
+    return any(path == p or path.startswith(p + "/") for p in PROTECTED_PREFIXES) and not oip.is_health_path(path)
 
 
 def install(app: Flask, settings: Settings) -> None:
@@ -73,7 +77,7 @@ def install(app: Flask, settings: Settings) -> None:
         path = request.path
         if not table:
             g.caller = Caller("default", settings.default_policy, "address:" + (request.remote_addr or "unknown"))
-        elif _is_v1(path) or (path == "/metrics" and settings.metrics_require_key):
+        elif _is_protected(path) or (path == "/metrics" and settings.metrics_require_key):
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not token:
                 raise Unauthorized("this route needs an API key: send Authorization: Bearer <key>")
@@ -81,7 +85,8 @@ def install(app: Flask, settings: Settings) -> None:
             if g.caller is None:
                 raise Unauthorized("the API key is not valid")
         caller = g.get("caller")
-        if caller is not None and caller.policy.routes is not None and _is_v1(path) and path not in caller.policy.routes:
+        if (caller is not None and caller.policy.routes is not None and _is_protected(path)
+                and path not in caller.policy.routes):
             raise InvalidRequest([ErrorItem(location="path", type="policy_forbidden",
                                             message=f"this key's policy {caller.policy_name!r} allows only "
                                                     f"{', '.join(caller.policy.routes)}")],
@@ -119,9 +124,9 @@ def install(app: Flask, settings: Settings) -> None:
 
 
 def _rate_limit() -> str | None:
-    """The rate limit of this request's caller: its policy's, on /v1 routes only."""
+    """The rate limit of this request's caller: its policy's, on the protected (/v1, /v2) routes only."""
     caller = g.get("caller")
-    if caller is None or caller.policy.rate_limit is None or not _is_v1(request.path):
+    if caller is None or caller.policy.rate_limit is None or not _is_protected(request.path):
         return None
     return caller.policy.rate_limit
 

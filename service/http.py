@@ -12,7 +12,7 @@ from schemas.errors import from_validation_error
 from schemas.limits import Limits
 from service.wire import json_body
 
-# _read_body's own imports: the chunked reader's errors (gunicorn's, as the service runs under gunicorn), gzip.
+# read_body's own imports: the chunked reader's errors (gunicorn's, as the service runs under gunicorn), gzip.
 import zlib
 
 from gunicorn.http.errors import NoMoreData, ParseException
@@ -47,18 +47,23 @@ def parse_body(model: type[M] | Callable[[Any], type[M]]) -> M:
     if not request.is_json:
         got = request.mimetype or "no Content-Type"
         raise UnsupportedMediaType(f"send the body as application/json (got {got})")
-    body = _read_body()
+    body = read_body()
     value = json_body.decode(body, structure_caps(current_app.config["SETTINGS"].limits()))
     del body  # the decoded value replaces it: a 32 MiB body is not kept through validation and the engine
     if not isinstance(model, type):
         model = model(value)
+    return validated(model, value)
+
+
+def validated(model: type[M], value: object) -> M:
+    """A decoded body (any wire format's) validated as ``model``; 422 listing every problem, located."""
     try:
         return model.model_validate(value)
     except ValidationError as exc:
         raise from_validation_error(exc) from None
 
 
-def _read_body() -> bytes:
+def read_body() -> bytes:
     """The raw body, decoded when sent with ``Content-Encoding: gzip``; never more than MAX_CONTENT_LENGTH bytes
     of it read, nor produced by decompressing it.
 

@@ -32,9 +32,15 @@ def _example(name: str) -> dict:
               "three_layer_softmax_examples_first": _example("three_layer_softmax_examples_first.json")})
 def gradients():
     """Forward pass, cost and every backprop gradient of the posted network."""
-    req = parse_body(GradientRequest)
+    return json_response(compute_gradients(parse_body(GradientRequest)))
+
+
+def compute_gradients(req: GradientRequest) -> dict:
+    """A validated request -> the /v1/gradients response body (numpy arrays): the cross-field checks and limits,
+    the engine, the wire form. Every wire format of the gradients (JSON here, the Open Inference Protocol in
+    service.oip_routes) goes through this one function after decoding."""
     prep = prepare(req, current_app.config["SETTINGS"].limits())
     with metrics.COMPUTE.time():
         result = engine.compute(prep.X, prep.Y, prep.layers, req.cost, l2=req.l2, dropout=prep.dropout,
                                 intermediates=req.intermediates)
-    return json_response(to_wire(result, prep, req.include_caches))
+    return to_wire(result, prep, req.include_caches)

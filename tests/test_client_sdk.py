@@ -14,6 +14,7 @@ import pytest
 import gradient_service_client as gsc
 from gradient_service_client import AsyncClient, Client
 from tests.live_server import live_url  # noqa: F401  (fixture)
+from service.app import create_app
 from tests.test_grade import network, student
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,3 +183,32 @@ def test_the_async_client_is_the_same_client_awaited(live_url):
     assert softmax.grads.dW3.shape == (3, 2) and softmax.grads.dA0.shape == (5, 3)
     assert grade.result.score == 1.0 and story.canonical and check.passed
     assert err.errors[0].location == "cost"
+
+
+def test_the_step_routes_have_methods_and_answer_as_the_service():
+    steps = ROOT / "service" / "examples" / "steps"
+    cases = [("layer_forward", "/v1/layer/forward", "layer_forward"), ("layer_backward", "/v1/layer/backward",
+             "layer_backward"), ("network_backward", "/v1/network/backward", "network_backward"),
+             ("cost", "/v1/cost", "cost"), ("optimizer_step", "/v1/optimizer-step", "adam")]
+    app = create_app().test_client()
+    with gsc.Client(local=True) as client:
+        for method, route, example in cases:
+            body = json.loads((steps / f"{example}.json").read_text())
+            got = getattr(client, method)(body)
+            assert isinstance(got, gsc.Result)
+            _same_values(got, app.post(route, json=body).get_json(), method)
+        with pytest.raises(gsc.ValidationError) as bad:
+            client.layer_backward(json.loads((steps / "layer_backward.json").read_text()), dZ=[[1.0, 2.0]])
+        assert [(e.location, e.type) for e in bad.value.errors] == [("dZ", "both_upstream_gradients")]
+
+
+def _same_values(got, want, where: str) -> None:
+    """The SDK's decoded answer (arrays as float64 ndarrays) holds exactly the service's JSON values."""
+    if isinstance(want, dict):
+        assert set(got) == set(want), where
+        for k in want:
+            _same_values(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list) and want and isinstance(want[0], (list, float, int)):
+        assert np.array_equal(np.asarray(got, dtype=float), np.asarray(want, dtype=float)), where
+    else:
+        assert got == want, where

@@ -405,7 +405,9 @@ def test_container_test_script_is_valid_bash():
 @pytest.mark.skipif(os.environ.get("RUN_CONTAINER_TEST") != "1",
                     reason="builds and runs the image with its own dockerd (minutes, root): set RUN_CONTAINER_TEST=1")
 def test_container_end_to_end():
-    r = subprocess.run(["bash", str(CONTAINER_TEST)], capture_output=True, text=True, timeout=1800)
+    # PYTHON: the interpreter of scripts/container_memory.py (it builds its bodies with numpy).
+    r = subprocess.run(["bash", str(CONTAINER_TEST)], capture_output=True, text=True, timeout=1800,
+                       env={**os.environ, "PYTHON": sys.executable})
     tail = "\n".join((r.stdout + r.stderr).splitlines()[-40:])
     print(tail)
     assert r.returncode == 0, tail

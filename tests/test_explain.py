@@ -249,3 +249,15 @@ def test_textbook_form_is_exact_away_from_saturation():
 def test_openapi_explain_examples_run(post, name):
     status, out = post(grading_routes.EXPLAIN_EXAMPLES[name], path="/v1/explain")
     assert status == 200, out
+
+
+@pytest.mark.parametrize("cost,out,hidden", CASES)
+def test_the_mean_conventions_one_over_m_multiplies_the_whole_derivative(post, cost, out, hidden):
+    body = {**network(3, cost, out, hidden), "intermediates": "mean"}
+    status, story = post(body, path="/v1/explain")
+    assert status == 200
+    latex = steps_of(story)["dAL"]["latex"]
+    # 1/m (-(Y/A - (1-Y)/(1-A))), not 1/m - (...): the parentheses hold the whole derivative.
+    assert latex.endswith(r"\frac{1}{m}\left(" + COSTS[cost].dA_latex + r"\right)"), latex
+    status, per_example = post({**body, "intermediates": "per_example"}, path="/v1/explain")
+    assert steps_of(per_example)["dAL"]["latex"].endswith("= " + COSTS[cost].dA_latex)

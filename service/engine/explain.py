@@ -108,7 +108,9 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
         f"This needs only the cost's formula, no weights."
         + (" Entries that are not representable in float64 (A_L at exactly 0 or 1 against the label) are null."
            if r.unrepresentable.any() else ""),
-        rf"dA^{{[L]}} = \frac{{\partial \mathcal{{L}}}}{{\partial A^{{[L]}}}} = {pre}{unit.dA_latex}",
+        # The 1/m of the mean convention multiplies the whole derivative: -(...) and A - Y need their parentheses.
+        rf"dA^{{[L]}} = \frac{{\partial \mathcal{{L}}}}{{\partial A^{{[L]}}}} = "
+        + (rf"{pre}\left({unit.dA_latex}\right)" if pre else unit.dA_latex),
         {f"A{L}": AL, "Y": Y, f"dA{L}": dAL}, frozenset({f"A{L}", "Y", f"dA{L}"})))
 
     if act.derivative is not None:
@@ -226,16 +228,17 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
             {f"Z{h}": r.Z[h - 1], f"g_prime_Z{h}": g_hidden, f"dZ{h}": r.dZ[h - 1]},
             frozenset({f"Z{h}", f"g_prime_Z{h}", f"dZ{h}"})))
 
+    through = story.through or (f"the next layer, a {nxt.kind} layer, so its gradient is what flows back through it: "
+                                f"{story.rule}")
     steps.append(Step(
         "why", "Why the last layer differs",
         f"The cost J depends on A{L} directly, so dA{L} comes from the cost's own formula, and for a canonical pair "
         f"its factors cancel g'(Z{L}) into {fused_form}. A hidden activation A_l appears in no formula of the cost: it "
-        f"influences J only through the next layer, Z_(l+1) = W_(l+1) A_l + b_(l+1), so its gradient is the next "
-        f"layer's dZ sent back through the weights, W_(l+1)^T dZ_(l+1)." + (
+        f"influences J only through {through}." + (
             " Here the output pair is canonical." if canonical else
             f" Here the pair ({out_name}, {cost}) is not canonical, so even the last layer keeps both factors."),
         r"\frac{\partial J}{\partial A^{[L]}} = \frac{\partial J(A^{[L]}, Y)}{\partial A^{[L]}}"
-        r"\qquad\text{but}\qquad \frac{\partial J}{\partial A^{[l]}} = W^{[l+1]T}\,\frac{\partial J}{\partial Z^{[l+1]}}",
+        r"\qquad\text{but}\qquad " + (story.through_latex or story.latex),
         {}))
     if r.unrepresentable.any():
         notes.append(f"{int(r.unrepresentable.sum())} entries of dA{L} overflow float64 and are null; dZ{L} is exact")

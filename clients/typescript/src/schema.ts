@@ -329,10 +329,114 @@ export interface components {
             negative_slope?: number | null;
         };
         /**
+         * Avgpool2dStepLayer
+         * @description 2-D average pooling without padding: each window's mean, per example and channel.
+         */
+        Avgpool2dStepLayer: {
+            /**
+             * Type
+             * @description `avgpool2d`: 2-D average pooling without padding: each window's mean, per example and channel.
+             * @default avgpool2d
+             * @constant
+             */
+            type?: "avgpool2d";
+            /**
+             * Size
+             * @description Pooling window: an int or [ph, pw], positive.
+             */
+            size: number | number[];
+            /**
+             * Stride
+             * @description Stride: an int or [sh, sw], positive; default the window (non-overlapping windows).
+             * @default null
+             */
+            stride?: number | number[] | null;
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /**
          * BatchnormLayer
          * @description Batch normalisation over the examples, per feature (cs231n's batchnorm_forward): out = gamma (x - mean) / sqrt(var + eps) + beta.
          */
         BatchnormLayer: {
+            /**
+             * Type
+             * @description `batchnorm`: Batch normalisation over the examples, per feature (cs231n's batchnorm_forward): out = gamma (x - mean) / sqrt(var + eps) + beta.
+             * @default batchnorm
+             * @constant
+             */
+            type?: "batchnorm";
+            /**
+             * Gamma
+             * @description Scale, one per feature: a vector (D,) or a column (D, 1) (normalised over the examples); dgamma comes back in the shape sent.
+             */
+            gamma: number[] | number[][];
+            /**
+             * Beta
+             * @description Shift, one per feature: a vector (D,) or a column (D, 1); dbeta comes back in the shape sent.
+             */
+            beta: number[] | number[][];
+            /**
+             * Running Mean
+             * @description The running mean (D,) or (D, 1); default zeros. Returned updated in train mode, under `state`.
+             * @default null
+             */
+            running_mean?: number[] | number[][] | null;
+            /**
+             * Running Var
+             * @description The running variance (D,) or (D, 1); default ones. Returned updated in train mode.
+             * @default null
+             */
+            running_var?: number[] | number[][] | null;
+            /**
+             * Eps
+             * @description Added to the variance before the square root.
+             * @default 0.00001
+             */
+            eps?: number;
+            /**
+             * Momentum
+             * @description running = momentum running + (1 - momentum) batch.
+             * @default 0.9
+             */
+            momentum?: number;
+            /**
+             * Mode
+             * @description `train`: the batch's mean and (biased) variance; `test`: the running statistics, which must then be sent.
+             * @default train
+             * @enum {string}
+             */
+            mode?: "train" | "test";
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /**
+         * BatchnormStepLayer
+         * @description Batch normalisation over the examples, per feature (cs231n's batchnorm_forward): out = gamma (x - mean) / sqrt(var + eps) + beta.
+         */
+        BatchnormStepLayer: {
             /**
              * Type
              * @description `batchnorm`: Batch normalisation over the examples, per feature (cs231n's batchnorm_forward): out = gamma (x - mean) / sqrt(var + eps) + beta.
@@ -476,6 +580,54 @@ export interface components {
              * @enum {string}
              */
             activation: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /**
+         * Conv2dStepLayer
+         * @description 2-D convolution (a cross-correlation, as cs231n, deeplearning.ai and PyTorch compute it) with zero padding and strides: Z[i, f] = sum over channels of W[f, c] * pad(A_prev[i, c]) + b[f].
+         */
+        Conv2dStepLayer: {
+            /**
+             * Type
+             * @description `conv2d`: 2-D convolution (a cross-correlation, as cs231n, deeplearning.ai and PyTorch compute it) with zero padding and strides: Z[i, f] = sum over channels of W[f, c] * pad(A_prev[i, c]) + b[f].
+             * @default conv2d
+             * @constant
+             */
+            type?: "conv2d";
+            /**
+             * W
+             * @description Kernels: (F, C, kh, kw) with image_layout NCHW (cs231n, PyTorch), (kh, kw, C, F) with NHWC (deeplearning.ai, TensorFlow); dW comes back in the form sent.
+             */
+            W: number[][][][];
+            /**
+             * B
+             * @description Biases, one per filter: (F,) or, as deeplearning.ai holds it, (1, 1, 1, F); db comes back in the shape sent.
+             */
+            b: number[] | number[][][][];
+            /**
+             * Stride
+             * @description Stride: an int or [sh, sw], positive; default 1.
+             * @default 1
+             */
+            stride?: number | number[];
+            /**
+             * Pad
+             * @description Zero padding on each side: an int or [ph, pw], >= 0; default 0.
+             * @default 0
+             */
+            pad?: number | number[];
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
             /**
              * Negative Slope
              * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
@@ -757,6 +909,42 @@ export interface components {
              * @enum {string}
              */
             activation: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /**
+         * DenseStepLayer
+         * @description Fully connected: Z = W A_prev + b.
+         */
+        DenseStepLayer: {
+            /**
+             * Type
+             * @description `dense`: Fully connected: Z = W A_prev + b. The default when `type` is absent.
+             * @default dense
+             * @constant
+             */
+            type?: "dense";
+            /**
+             * W
+             * @description Weights, (n_l, n_{l-1}) (weight_layout out_in, the default) or (n_{l-1}, n_l) (in_out); dW comes back in the layout sent.
+             */
+            W: number[][];
+            /**
+             * B
+             * @description Biases, a column (n_l, 1) or a vector (n_l,); db comes back in the same shape.
+             */
+            b: number[] | number[][];
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
             /**
              * Negative Slope
              * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
@@ -1065,6 +1253,32 @@ export interface components {
          * @description Flatten an image batch into vectors (C H W features per example, in the image layout's order: (C, H, W) with NCHW, (H, W, C) with NHWC), so that dense layers can follow.
          */
         FlattenLayer: {
+            /**
+             * Type
+             * @description `flatten`: Flatten an image batch into vectors (C H W features per example, in the image layout's order: (C, H, W) with NCHW, (H, W, C) with NHWC), so that dense layers can follow.
+             * @default flatten
+             * @constant
+             */
+            type?: "flatten";
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /**
+         * FlattenStepLayer
+         * @description Flatten an image batch into vectors (C H W features per example, in the image layout's order: (C, H, W) with NCHW, (H, W, C) with NHWC), so that dense layers can follow.
+         */
+        FlattenStepLayer: {
             /**
              * Type
              * @description `flatten`: Flatten an image batch into vectors (C H W features per example, in the image layout's order: (C, H, W) with NCHW, (H, W, C) with NHWC), so that dense layers can follow.
@@ -1661,6 +1875,53 @@ export interface components {
              */
             negative_slope?: number | null;
         };
+        /**
+         * GroupnormStepLayer
+         * @description Group normalisation (cs231n's spatial_groupnorm_forward, PyTorch's group_norm): per example, over each group of C/G channels and their pixels: out = gamma (x - mean) / sqrt(var + eps) + beta.
+         */
+        GroupnormStepLayer: {
+            /**
+             * Type
+             * @description `groupnorm`: Group normalisation (cs231n's spatial_groupnorm_forward, PyTorch's group_norm): per example, over each group of C/G channels and their pixels: out = gamma (x - mean) / sqrt(var + eps) + beta.
+             * @default groupnorm
+             * @constant
+             */
+            type?: "groupnorm";
+            /**
+             * Gamma
+             * @description Scale, one per channel (normalised per example over its group of channels and their pixels): (C,) or (1, C, 1, 1) (cs231n's), or (1, 1, 1, C) with NHWC; dgamma comes back in the shape sent.
+             */
+            gamma: number[] | number[][][][];
+            /**
+             * Beta
+             * @description Shift, one per channel: (C,) or (1, C, 1, 1) (cs231n's), or (1, 1, 1, C) with NHWC; dbeta comes back in the shape sent.
+             */
+            beta: number[] | number[][][][];
+            /**
+             * Groups
+             * @description G, the number of groups; it must divide the channels C.
+             */
+            groups: number;
+            /**
+             * Eps
+             * @description Added to the variance before the square root.
+             * @default 0.00001
+             */
+            eps?: number;
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
         /** Health */
         Health: {
             /**
@@ -1810,7 +2071,7 @@ export interface components {
              * Layer
              * @description One layer of any kind, as an entry of `layers` in /v1/gradients (`type`, default `dense`, its parameters, hyperparameters and running statistics); `activation` defaults to `linear` here (the course's linear_forward and linear_backward have none).
              */
-            layer: components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"];
+            layer: components["schemas"]["DenseStepLayer"] | components["schemas"]["BatchnormStepLayer"] | components["schemas"]["LayernormStepLayer"] | components["schemas"]["Conv2dStepLayer"] | components["schemas"]["Maxpool2dStepLayer"] | components["schemas"]["Avgpool2dStepLayer"] | components["schemas"]["FlattenStepLayer"] | components["schemas"]["SpatialBatchnormStepLayer"] | components["schemas"]["GroupnormStepLayer"];
             /**
              * A Prev
              * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first.
@@ -1932,7 +2193,7 @@ export interface components {
              * Layer
              * @description One layer of any kind, as an entry of `layers` in /v1/gradients (`type`, default `dense`, its parameters, hyperparameters and running statistics); `activation` defaults to `linear` here (the course's linear_forward and linear_backward have none).
              */
-            layer: components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"];
+            layer: components["schemas"]["DenseStepLayer"] | components["schemas"]["BatchnormStepLayer"] | components["schemas"]["LayernormStepLayer"] | components["schemas"]["Conv2dStepLayer"] | components["schemas"]["Maxpool2dStepLayer"] | components["schemas"]["Avgpool2dStepLayer"] | components["schemas"]["FlattenStepLayer"] | components["schemas"]["SpatialBatchnormStepLayer"] | components["schemas"]["GroupnormStepLayer"];
             /**
              * A Prev
              * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first.
@@ -2008,7 +2269,7 @@ export interface components {
              * Layer
              * @description One layer of any kind, as an entry of `layers` in /v1/gradients (`type`, default `dense`, its parameters, hyperparameters and running statistics); `activation` defaults to `linear` here (the course's linear_forward and linear_backward have none).
              */
-            layer: components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"];
+            layer: components["schemas"]["DenseStepLayer"] | components["schemas"]["BatchnormStepLayer"] | components["schemas"]["LayernormStepLayer"] | components["schemas"]["Conv2dStepLayer"] | components["schemas"]["Maxpool2dStepLayer"] | components["schemas"]["Avgpool2dStepLayer"] | components["schemas"]["FlattenStepLayer"] | components["schemas"]["SpatialBatchnormStepLayer"] | components["schemas"]["GroupnormStepLayer"];
             /**
              * A Prev
              * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first.
@@ -2099,7 +2360,7 @@ export interface components {
              * Layer
              * @description One layer of any kind, as an entry of `layers` in /v1/gradients (`type`, default `dense`, its parameters, hyperparameters and running statistics); `activation` defaults to `linear` here (the course's linear_forward and linear_backward have none).
              */
-            layer: components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"];
+            layer: components["schemas"]["DenseStepLayer"] | components["schemas"]["BatchnormStepLayer"] | components["schemas"]["LayernormStepLayer"] | components["schemas"]["Conv2dStepLayer"] | components["schemas"]["Maxpool2dStepLayer"] | components["schemas"]["Avgpool2dStepLayer"] | components["schemas"]["FlattenStepLayer"] | components["schemas"]["SpatialBatchnormStepLayer"] | components["schemas"]["GroupnormStepLayer"];
             /**
              * A Prev
              * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first.
@@ -2190,6 +2451,48 @@ export interface components {
              */
             negative_slope?: number | null;
         };
+        /**
+         * LayernormStepLayer
+         * @description Layer normalisation over the features, per example (cs231n's layernorm_forward): out = gamma (x - mean) / sqrt(var + eps) + beta.
+         */
+        LayernormStepLayer: {
+            /**
+             * Type
+             * @description `layernorm`: Layer normalisation over the features, per example (cs231n's layernorm_forward): out = gamma (x - mean) / sqrt(var + eps) + beta.
+             * @default layernorm
+             * @constant
+             */
+            type?: "layernorm";
+            /**
+             * Gamma
+             * @description Scale, one per feature: a vector (D,) or a column (D, 1) (normalised over the features, per example); dgamma comes back in the shape sent.
+             */
+            gamma: number[] | number[][];
+            /**
+             * Beta
+             * @description Shift, one per feature: a vector (D,) or a column (D, 1); dbeta comes back in the shape sent.
+             */
+            beta: number[] | number[][];
+            /**
+             * Eps
+             * @description Added to the variance before the square root.
+             * @default 0.00001
+             */
+            eps?: number;
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
         /** LearningRateDecay */
         LearningRateDecay: {
             /**
@@ -2220,6 +2523,50 @@ export interface components {
          * @description 2-D max pooling without padding: each window's maximum, per example and channel.
          */
         Maxpool2dLayer: {
+            /**
+             * Type
+             * @description `maxpool2d`: 2-D max pooling without padding: each window's maximum, per example and channel.
+             * @default maxpool2d
+             * @constant
+             */
+            type?: "maxpool2d";
+            /**
+             * Size
+             * @description Pooling window: an int or [ph, pw], positive.
+             */
+            size: number | number[];
+            /**
+             * Stride
+             * @description Stride: an int or [sh, sw], positive; default the window (non-overlapping windows).
+             * @default null
+             */
+            stride?: number | number[] | null;
+            /**
+             * Ties
+             * @description Which entries of a window get its gradient when several equal the maximum: `first` (the first in row-major order of the window, as PyTorch and cs231n's argmax) or `all` (every one, each the whole gradient, as deeplearning.ai's create_mask_from_window, x == max).
+             * @default first
+             * @enum {string}
+             */
+            ties?: "first" | "all";
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /**
+         * Maxpool2dStepLayer
+         * @description 2-D max pooling without padding: each window's maximum, per example and channel.
+         */
+        Maxpool2dStepLayer: {
             /**
              * Type
              * @description `maxpool2d`: 2-D max pooling without padding: each window's maximum, per example and channel.
@@ -2976,6 +3323,73 @@ export interface components {
          * @description Batch normalisation of images per channel over the examples and pixels (cs231n's spatial_batchnorm_forward, PyTorch's BatchNorm2d): out = gamma (x - mean) / sqrt(var + eps) + beta.
          */
         SpatialBatchnormLayer: {
+            /**
+             * Type
+             * @description `spatial_batchnorm`: Batch normalisation of images per channel over the examples and pixels (cs231n's spatial_batchnorm_forward, PyTorch's BatchNorm2d): out = gamma (x - mean) / sqrt(var + eps) + beta.
+             * @default spatial_batchnorm
+             * @constant
+             */
+            type?: "spatial_batchnorm";
+            /**
+             * Gamma
+             * @description Scale, one per channel (normalised over the examples and pixels): (C,), or (1, C, 1, 1) with NCHW, (1, 1, 1, C) with NHWC; dgamma comes back in the shape sent.
+             */
+            gamma: number[] | number[][][][];
+            /**
+             * Beta
+             * @description Shift, one per channel: (C,), or (1, C, 1, 1) with NCHW, (1, 1, 1, C) with NHWC; dbeta comes back in the shape sent.
+             */
+            beta: number[] | number[][][][];
+            /**
+             * Running Mean
+             * @description The running mean per channel, (C,), or (1, C, 1, 1) with NCHW, (1, 1, 1, C) with NHWC; default zeros. Returned updated in train mode, under `state`.
+             * @default null
+             */
+            running_mean?: number[] | number[][][][] | null;
+            /**
+             * Running Var
+             * @description The running variance per channel, (C,), or (1, C, 1, 1) with NCHW, (1, 1, 1, C) with NHWC; default ones. Returned updated in train mode.
+             * @default null
+             */
+            running_var?: number[] | number[][][][] | null;
+            /**
+             * Eps
+             * @description Added to the variance before the square root.
+             * @default 0.00001
+             */
+            eps?: number;
+            /**
+             * Momentum
+             * @description running = momentum running + (1 - momentum) batch.
+             * @default 0.9
+             */
+            momentum?: number;
+            /**
+             * Mode
+             * @description `train`: the batch's mean and (biased) variance per channel; `test`: the running statistics, which must then be sent.
+             * @default train
+             * @enum {string}
+             */
+            mode?: "train" | "test";
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /**
+         * SpatialBatchnormStepLayer
+         * @description Batch normalisation of images per channel over the examples and pixels (cs231n's spatial_batchnorm_forward, PyTorch's BatchNorm2d): out = gamma (x - mean) / sqrt(var + eps) + beta.
+         */
+        SpatialBatchnormStepLayer: {
             /**
              * Type
              * @description `spatial_batchnorm`: Batch normalisation of images per channel over the examples and pixels (cs231n's spatial_batchnorm_forward, PyTorch's BatchNorm2d): out = gamma (x - mean) / sqrt(var + eps) + beta.

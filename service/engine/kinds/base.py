@@ -154,6 +154,10 @@ class InputStory:
     rule: str
     latex: str
     values: dict
+    # For explain's closing step: how a hidden activation reaches J through this kind, in words ending with the
+    # rule, and that rule in LaTeX (with [l] and [l+1]); empty: said from ``rule`` and ``latex``.
+    through: str = ""
+    through_latex: str = ""
 
 
 @dataclass(frozen=True)

@@ -102,16 +102,26 @@ def explain_input(h: int, params, hyper) -> InputStory:
 
 
 def check(in_shape, params, hyper, layouts, where: str, source: str) -> Checked:
-    """gamma, beta and the running statistics per feature; test mode needs the running statistics."""
+    """gamma, beta and the running statistics per feature, running_var >= 0; test mode needs the running
+    statistics."""
     checked = same_shape(in_shape, params, hyper, layouts, where, source, extra=("running_mean", "running_var"))
+    errors = checked.errors
+    var = params.get("running_var")
+    if var is not None and not any(e.field == "running_var" for e in errors) and (var < 0).any():
+        # A negative variance would make sqrt(running_var + eps) NaN (or divide by zero) in test mode, reported as
+        # an overflow; no training leaves one.
+        i = int(np.argmax(var.reshape(-1) < 0))
+        omit = " (or leave it out: it starts at ones)" if hyper["mode"] == "train" else ""
+        errors += (ShapeError("running_var", f"running_var holds variances, which are >= 0, but entry {i} is "
+                                             f"{float(var.reshape(-1)[i]):g}: send the running variance training "
+                                             f"left{omit}", "value_domain"),)
     missing = [name for name in ("running_mean", "running_var") if params.get(name) is None]
     if hyper["mode"] == "test" and missing:
-        errors = checked.errors + tuple(
+        errors += tuple(
             ShapeError(name, f"mode test normalises with the running statistics: send {name} (the value training "
                              f"left, one entry per feature), or use mode train", "missing_running_statistics")
             for name in missing)
-        return Checked(checked.out_shape, errors)
-    return checked
+    return Checked(checked.out_shape, errors)
 
 
 def price(in_shape, out_shape, params, hyper, m: int) -> Price:

@@ -43,7 +43,8 @@ def check(in_shape, params, hyper, layouts: Layouts, where: str, source: str) ->
     """W must take the input's n_in features; b must have W's n_out entries."""
     W, b = params["W"], params["b"]
     n_in = in_shape[0]
-    n_out, n_w = (W.shape[1], W.shape[0]) if layouts.weights_in_out else W.shape
+    in_out = layouts.weights_in_out
+    n_out, n_w = (W.shape[1], W.shape[0]) if in_out else W.shape
     errors = []
     if n_w != n_in:
         other = "out_in" if layouts.weights_in_out else "in_out"
@@ -51,20 +52,26 @@ def check(in_shape, params, hyper, layouts: Layouts, where: str, source: str) ->
             want = W.shape[::-1]
             errors.append(ShapeError("W", f"W is {shape_text(W.shape)} but needs {shape_text(want)}: did you mean "
                                           f"weight_layout {other}?"))
+            # Read on as the other layout holds W, so that b and the layers after this one are checked against
+            # the fix named here rather than reported as more mistakes.
+            n_out, in_out = n_w, not in_out
         elif layouts.weights_in_out:
             errors.append(ShapeError("W", f"W is {shape_text(W.shape)}: it needs {n_in} rows because {source} "
                                           f"(weight_layout in_out holds W as (n_in, n_out))"))
         else:
             errors.append(ShapeError("W", f"W is {shape_text(W.shape)}: it needs {n_in} columns because {source}"))
     if b.shape not in ((n_out,), (n_out, 1)):
-        side = "columns" if layouts.weights_in_out else "rows"
+        side = "columns" if in_out else "rows"
         errors.append(ShapeError("b", f"b is {shape_text(b.shape)} but W has {n_out} {side}: send ({n_out}, 1) or "
                                       f"({n_out},)"))
     return Checked((n_out,), tuple(errors))
 
 
 def source_text(where: str, params, out_shape, layouts: Layouts) -> str:
-    return f"{where}.W has {out_shape[0]} {'columns' if layouts.weights_in_out else 'rows'}"
+    in_out = layouts.weights_in_out
+    if params["W"].shape[1 if in_out else 0] != out_shape[0]:
+        in_out = not in_out  # check read W in the other layout (the fix it named)
+    return f"{where}.W has {out_shape[0]} {'columns' if in_out else 'rows'}"
 
 
 def price(in_shape, out_shape, params, hyper, m: int) -> Price:
@@ -81,7 +88,10 @@ def explain_input(h: int, params, hyper) -> InputStory:
                f"flows back through W{h + 1}: ",
         rule=f"dA{h} = W{h + 1}^T dZ{h + 1}",
         latex=r"dA^{[l]} = W^{[l+1]T} dZ^{[l+1]}",
-        values={f"W{h + 1}": params["W"]})
+        values={f"W{h + 1}": params["W"]},
+        through="the next layer, Z_(l+1) = W_(l+1) A_l + b_(l+1), so its gradient is the next layer's dZ sent back "
+                "through the weights, W_(l+1)^T dZ_(l+1)",
+        through_latex=r"\frac{\partial J}{\partial A^{[l]}} = W^{[l+1]T}\,\frac{\partial J}{\partial Z^{[l+1]}}")
 
 
 DENSE = register(Kind(

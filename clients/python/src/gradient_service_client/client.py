@@ -118,6 +118,29 @@ class _Routes:
         """POST /v1/explain: the last layer's story with the posted numbers."""
         return self._call("POST", "/v1/explain", merge(body, fields), _same)
 
+    def layer_forward(self, body: Mapping[str, Any] | None = None, /, **fields: Any) -> Result:
+        """POST /v1/layer/forward: one ``layer`` and its ``A_prev`` -> Z, A, the kind's cache (and state)."""
+        return self._call("POST", "/v1/layer/forward", merge(body, fields), _same)
+
+    def layer_backward(self, body: Mapping[str, Any] | None = None, /, **fields: Any) -> Result:
+        """POST /v1/layer/backward: one ``layer``, ``A_prev``, ``dA`` (with the cached ``Z``) or ``dZ`` ->
+        dA_prev, dZ and the parameters' gradients (dW, db, ...)."""
+        return self._call("POST", "/v1/layer/backward", merge(body, fields), _same)
+
+    def network_backward(self, body: Mapping[str, Any] | None = None, /, **fields: Any) -> Result:
+        """POST /v1/network/backward: ``layers``, their ``caches`` and ``dAL`` (or AL, Y, cost) -> the course's
+        grads (dA0.., dW1.., db1.., dZ1..)."""
+        return self._call("POST", "/v1/network/backward", merge(body, fields), _same)
+
+    def cost(self, body: Mapping[str, Any] | None = None, /, **fields: Any) -> Result:
+        """POST /v1/cost: ``cost``, ``Y`` and ``AL`` (or the logits ``ZL``) -> cost, dAL, dZL."""
+        return self._call("POST", "/v1/cost", merge(body, fields), _same)
+
+    def optimizer_step(self, body: Mapping[str, Any] | None = None, /, **fields: Any) -> Result:
+        """POST /v1/optimizer-step: ``optimizer``, ``params``, ``grads`` (and ``state``, ``t``, hyperparameters)
+        -> the new params and state."""
+        return self._call("POST", "/v1/optimizer-step", merge(body, fields), _same)
+
     def info(self) -> Result:
         """GET /v1: version, activations, costs, layouts, conventions, limits."""
         return self._call("GET", "/v1", None, _same)
