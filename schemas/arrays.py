@@ -189,6 +189,24 @@ def _shape_of(entry: Any) -> tuple[int, ...] | None:
     return (len(entry),) if isinstance(entry, list) else None
 
 
+def _read_as(rank: int, ndims: tuple[int, ...]) -> int:
+    """The rank an array of ``rank`` dimensions is read as: its own when allowed, else the nearest allowed one
+    below it (a list nested too deep reports its entries as "not a number"), else the smallest (a flat list sent
+    for a matrix reports its entries as "not a list")."""
+    return rank if rank in ndims else max((n for n in ndims if n <= rank), default=min(ndims))
+
+
+def _entry_rank(entry: Any) -> int:
+    """The rank of one entry of a list: a decoded array's, or a nested list's along its first entries."""
+    if isinstance(entry, np.ndarray):
+        return entry.ndim
+    if isinstance(entry, NullEntries):
+        return entry.array.ndim
+    if isinstance(entry, ArrayErrors):
+        return len(entry.shape) if entry.shape else 1
+    return _rank(entry)[0] if isinstance(entry, list) else 0
+
+
 def _from_parts(value: list, ndims: tuple[int, ...], nullable: bool) -> np.ndarray:
     """A list whose entries a decoder already converted (json_dense, for a ragged array or one with few rows):
     each entry must be an array one dimension lower, all of one shape. Checked in the order nested lists are:
@@ -196,7 +214,7 @@ def _from_parts(value: list, ndims: tuple[int, ...], nullable: bool) -> np.ndarr
     # As for nested lists, the first entry decides: a number makes it a vector (if allowed), whose array entries
     # are "not a number"; an array makes it one dimension more than that array.
     is_array = [isinstance(entry, (*_DECODED, list)) for entry in value]
-    target = max(ndims) if is_array[0] or 1 not in ndims else 1
+    target = _read_as(1 + _entry_rank(value[0]), ndims) if is_array[0] or 1 not in ndims else 1
     errors = ArrayErrors()
     for i, (entry, array) in enumerate(zip(value, is_array)):
         if target == 1 and array:
@@ -238,7 +256,7 @@ def _from_list(value: list, ndims: tuple[int, ...], nullable: bool) -> np.ndarra
         errors.raise_any()
     # The rank the array is read as: the one it has when allowed, else the nearest allowed one (so that a flat
     # list sent for a matrix reports its entries as "not a list", and a list nested too deep "not a number").
-    target = rank if rank in ndims else min((n for n in ndims if n >= rank), default=max(ndims))
+    target = _read_as(rank, ndims)
     if target > rank:
         # Entries where lists were expected, at the last level the first path reached.
         levels = _check_levels(value, rank, errors) if rank >= 1 else None
@@ -306,7 +324,7 @@ def _rank_errors(value: np.ndarray, ndims: tuple[int, ...]) -> None:
     """An array of a rank the field does not take, reported as its nested lists would be: a number where a list
     belongs at each entry of a lower rank; a list where a number belongs at each entry of the field's rank."""
     rank = value.ndim
-    target = min((n for n in ndims if n >= rank), default=max(ndims))
+    target = _read_as(rank, ndims)
     errors = ArrayErrors()
     if target > rank:
         for index in np.ndindex(*value.shape):
@@ -323,7 +341,8 @@ def _rank_errors(value: np.ndarray, ndims: tuple[int, ...]) -> None:
 
 def _validator(ndims: tuple[int, ...], nullable: bool):
     kinds = {1: "a list of numbers", 2: "a list of rows of numbers"}
-    expected = " or ".join(kinds.get(n, f"a {n}-dimensional nested list of numbers") for n in ndims)
+    # An image batch (4-D) is a nested list of rows too: the message names the two forms people send by hand.
+    expected = " or ".join(kinds[n] for n in ndims if n in kinds)
 
     def validate(value: Any) -> np.ndarray:
         if isinstance(value, np.ndarray):
@@ -338,7 +357,7 @@ def _validator(ndims: tuple[int, ...], nullable: bool):
                 errors.add(tuple(int(i) for i in index), "float_type", "Input should be a valid number", None)
             errors.raise_any()
         if type(value) is not list:
-            if ndims == (1, 2):
+            if ndims in ((1, 2), (1, 2, 4)):  # a matrix or vector (or an image batch): its own message
                 raise PydanticCustomError("matrix_or_vector_type", "expected " + expected +
                                           (" (null allowed)" if nullable else ""))
             raise PydanticCustomError("list_type", "Input should be a valid list")

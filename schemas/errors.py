@@ -49,6 +49,11 @@ FIELD_HINTS = {"alpha": "negative_slope", "slope": "negative_slope", "lambda": "
                "weights": "W", "bias": "b", "labels": "Y", "inputs": "X"}
 
 
+def _words(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def format_location(loc: tuple[Any, ...], field_named_last: bool = False) -> str:
     """('layers', 1, 'W', 0, 3) -> 'layers[1].W[0][3]'; () -> 'body'.
 
@@ -99,7 +104,7 @@ def _message(err: dict[str, Any]) -> str:
         if name in FIELD_HINTS:
             hint = f"; did you mean {FIELD_HINTS[name]!r}?"
         elif owners and len(err["loc"]) >= 2 and err["loc"][-2] in KIND_NAMES:
-            hint = (f" for a {err['loc'][-2]} layer: it is a field of {' and '.join(owners)} layers (set `type` to "
+            hint = (f" for a {err['loc'][-2]} layer: it is a field of {_words(owners)} layers (set `type` to "
                     f"the layer's kind)")
         else:
             hint = " (unknown fields are rejected)"

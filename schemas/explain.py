@@ -91,13 +91,25 @@ def explain_to_wire(story: explain_engine.Story, prep: Prepared, req: ExplainReq
     m = prep.Y.shape[1]
     k, u = min(req.examples_shown, m), req.units_shown
 
+    layouts = prep.layouts
+    # The parameters of the hidden step's layer (W2, gamma2, ...), for the ones whose wire form is an image
+    # layout's (conv2d's W): shown as the request holds them.
+    params = {f"{p.name}{story.hidden_layer + 1}": p for p in prep.layers[story.hidden_layer].unit.params}
+
     def cut(name: str, v: Any, per_example: bool, full: tuple[int, ...] | None) -> tuple[Any, dict | None]:
         if not isinstance(v, np.ndarray):
             return (None if isinstance(v, float) and not np.isfinite(v) else v), None
         total = full or v.shape
-        if per_example:  # (units, m) or (m,)
+        if per_example and v.ndim == 4:  # an image batch (m, C, H, W): the first examples and channels
+            part, total = layouts.to_wire_activation(v[:k, :u]), layouts.index_to_wire(tuple(total))
+            flip = False
+        elif per_example:  # (units, m) or (m,)
             part = v[..., :k] if v.ndim == 1 else v[:u, :k]
             flip = v.ndim == 2 and ex_first
+        elif v.ndim == 4 and name in params:  # conv2d's W (F, C, kh, kw): the first filters and channels
+            wire = params[name].to_wire
+            part, total = wire(v[:u, :u], None, layouts), wire(np.empty(total, dtype=np.bool_), None, layouts).shape
+            flip = False
         else:  # (units, units) blocks, or the stability step's short lists
             part = v[:u, :u] if v.ndim == 2 else v
             flip = False

@@ -15,7 +15,8 @@ import numpy as np
 from pydantic import BaseModel, Field, StrictInt, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from schemas.common import FiniteFloat, MatrixOrVector
+from schemas.arrays import array_type
+from schemas.common import FiniteFloat
 from schemas.errors import ErrorItem, InvalidRequest
 from schemas.gradescope import shape_text
 from schemas.gradients import GradientRequest, Prepared, prepare
@@ -53,9 +54,10 @@ class GradientCheckRequest(GradientRequest):
                     f"for an entry of layer l evaluates layers l..L in `full` mode, every layer otherwise; plus "
                     f"{gradcheck.DIRECTION_DRAW} per parameter entry per direction) may not exceed GRADIENT_MAX_WORK.")
     worst: Annotated[StrictInt, Field(ge=1, le=100)] = Field(default=5, description="How many worst entries to list.")
-    gradients: Optional[dict[str, MatrixOrVector]] = Field(
-        default=None, description="A submitted gradient to check instead of the service's own: every dW1..dWL "
-                                  "(n_l, n_(l-1)) and db1..dbL ((n_l, 1) or (n_l,)).")
+    gradients: Optional[dict[str, array_type(1, 2, 4)]] = Field(
+        default=None, description="A submitted gradient to check instead of the service's own: every parameter's "
+                                  "(dW1..dWL (n_l, n_(l-1)), db1..dbL ((n_l, 1) or (n_l,)), conv2d's 4-D dW, "
+                                  "dgamma, dbeta), each in the shape its parameter was sent in.")
     include_caches: NotUsed = Field(default=False, description="Accepted (a /v1/gradients body can be sent as it "
                                                                "is) and ignored by this route.")
 
@@ -153,12 +155,14 @@ def _submitted(gradients: dict, prep: Prepared) -> list[dict]:
     for l, layer in enumerate(prep.layers, start=1):  # layer by layer: dW1, db1, dW2, ...
         for param in layer.unit.params:
             key = f"d{param.name}{l}"
-            target = param.to_wire(np.empty(layer.params[param.name].shape), None, prep.layouts).shape
+            engine = np.empty(layer.params[param.name].shape)
+            target = param.to_wire(engine, None, prep.layouts).shape
+            as_sent = param.to_wire(engine, prep.sent[l - 1][param.name], prep.layouts).shape  # conv's (1, 1, 1, F)
             g = gradients.get(key)
             if g is None:
                 errors.append(ErrorItem(location=f"gradients.{key}", type="missing",
                                         message=f"{key} is missing: send every {every}"))
-            elif g.shape != target and not (g.ndim == 1 and target == (g.shape[0], 1)):
+            elif g.shape not in (target, as_sent) and not (g.ndim == 1 and target == (g.shape[0], 1)):
                 errors.append(ErrorItem(location=f"gradients.{key}", type="shape_mismatch",
                                         message=f"{key} is {shape_text(list(g.shape))}, but the parameter is "
                                                 f"{shape_text(list(target))}"))

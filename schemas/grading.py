@@ -31,7 +31,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Di
 from pydantic_core import PydanticCustomError
 
 # The matrix-or-vector parsing of schemas.common, reused for arrays whose entries may be null (None -> NaN).
-from schemas.arrays import MORE_ERRORS, NullableMatrixOrVector
+from schemas.arrays import MORE_ERRORS, array_type
 from schemas.common import FiniteFloat
 from schemas.errors import ErrorItem, InvalidRequest, format_location, from_validation_error
 from schemas.gradescope import VISIBILITIES, GradescopeResponse, document, invalid_document, shape_text
@@ -40,6 +40,7 @@ from schemas.gradients import GradientRequest, Prepared, prepare
 from schemas.limits import Limits
 from schemas.policy import MAX_SUBMISSIONS, Policy
 from service.engine import grading
+from service.engine.kinds import Layouts
 # Graded keys over the whole batch (submissions x keys each): bounds the response (~0.5 KB per key) and the
 # per-key fixed cost of comparing and serializing.
 MAX_KEY_RESULTS = 20_000
@@ -56,8 +57,8 @@ NotUsed = StrictBool
 
 NumberOrNull = Optional[FiniteFloat]
 
-# A matrix or vector whose entries may be null (NaN): one submitted answer.
-SubmittedArray = NullableMatrixOrVector
+# A matrix or vector (or an image batch, or conv2d's dW) whose entries may be null (NaN): one submitted answer.
+SubmittedArray = array_type(1, 2, 4, nullable=True)
 
 
 def _cost_shape(value: Any) -> tuple[int, ...] | None:
@@ -396,10 +397,10 @@ def prepare_grading(req: GradeRequest, limits: Limits) -> tuple[Prepared, Batch]
     check_keys(req, subs, KeySet(frozenset(grading.key_names(prep.layers)), grading.key_summary(prep.layers),
                                  f"this {len(prep.layers)}-layer network"))
     _price(req, prep, subs, where)
-    if prep.examples_first:
-        subs.arrays = [None if sub is None else
-                       {k: (a.T if a.ndim == 2 and grading.is_per_example(k) else a) for k, a in sub.items()}
-                       for sub in subs.arrays]
+    subs.arrays = [None if sub is None else
+                   {k: (prep.layouts.to_engine_activation(a) if grading.is_per_example(k) else a)
+                    for k, a in sub.items()}
+                   for sub in subs.arrays]
     return prep, subs
 
 
@@ -536,12 +537,22 @@ def power_of_ten(x: float | None) -> float | None:
     return 10.0 ** k if k <= 308 else float(np.finfo(np.float64).max)
 
 
+def _channels_last(ref, key: str) -> bool:
+    """Whether the key is an image batch held (m, C, H, W) here and (m, H, W, C) at the wire (image_layout NHWC);
+    a step's reference (no layouts) holds its arrays as the wire does."""
+    layouts = getattr(ref, "layouts", None)
+    return layouts is not None and layouts.channels_last and grading.is_per_example(key)
+
+
 def _flip(key: str, index: tuple[int, ...] | None, ref) -> list[int] | None:
-    """An index into the reference's array -> the request's layout (``ref.flips``: held transposed)."""
+    """An index (or shape) into the reference's array -> the request's layout (``ref.flips``: held transposed;
+    image batches by image_layout)."""
     if index is None:
         return None
     if len(index) == 2 and ref.flips(key):
         return [int(index[1]), int(index[0])]
+    if len(index) == 4 and _channels_last(ref, key):
+        return [int(i) for i in Layouts(channels_last=True).index_to_wire(tuple(index))]
     return [int(i) for i in index]
 
 
@@ -550,6 +561,8 @@ def _wire_array(key: str, a: np.ndarray, ref) -> Any:
         return None if np.isnan(a) else float(a)
     if a.ndim == 2 and ref.flips(key):
         a = a.T
+    if a.ndim == 4 and _channels_last(ref, key):
+        a = Layouts(channels_last=True).to_wire_activation(a)
     return np.ascontiguousarray(a)
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from annotated_types import Len
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag, create_model
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PlainValidator, StrictInt, Tag, WithJsonSchema,
+                      create_model)
+from pydantic_core import PydanticCustomError
 
 from schemas.arrays import array_type
 from schemas.common import FiniteFloat
@@ -33,14 +34,48 @@ def _hyper_field(h: Hyper) -> tuple[Any, Any]:
     elif h.type == "int":
         kind = Annotated[StrictInt, Field(**bounds)]
     elif h.type == "int_pair":
-        one = Annotated[StrictInt, Field(**bounds)]
-        kind = Union[one, Annotated[list[one], Len(min_length=2, max_length=2)]]
+        kind = _int_pair(h)
     elif h.type == "choice":
         kind = Literal[h.choices]  # type: ignore[valid-type]
     else:
         raise TypeError(f"hyperparameter {h.name!r}: unknown type {h.type!r}")
     default = ... if h.default is REQUIRED else h.default
+    if h.default is None:  # optional: null or absent means the kind's own default (a pooling stride: the window)
+        kind = Optional[kind]
     return kind, Field(default=default, description=h.description)
+
+
+def _value_text(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    if isinstance(value, list):
+        return f"a list of {len(value)}" if any(not isinstance(v, int) or isinstance(v, bool) for v in value) \
+            else str(value)
+    if isinstance(value, dict):
+        return "an object"
+    return repr(value)[:40]
+
+
+def _int_pair(h: Hyper) -> Any:
+    """An int or a pair [a, b] of ints (a stride, a padding, a window), each >= the hyperparameter's bound, with
+    one error that says what to send (pydantic's union would report each member's failure)."""
+    low = h.ge if h.ge is not None else (int(h.gt) + 1 if h.gt is not None else None)
+    words = {1: "a positive integer", 0: "an integer >= 0"}.get(low, "an integer")
+
+    def ok(v: Any) -> bool:
+        return type(v) is int and (low is None or v >= low)
+
+    def validate(value: Any) -> Any:
+        if ok(value) or (type(value) is list and len(value) == 2 and all(ok(v) for v in value)):
+            return value
+        raise PydanticCustomError("int_pair", "{name} must be {words}, or a pair [a, b] of them (rows, columns); got "
+                                              "{got}", {"name": h.name, "words": words, "got": _value_text(value)})
+
+    one: dict = {"type": "integer"} if low is None else {"type": "integer", "minimum": low}
+    schema = {"anyOf": [one, {"type": "array", "items": one, "minItems": 2, "maxItems": 2}]}
+    return Annotated[Any, PlainValidator(validate), WithJsonSchema(schema)]
 
 
 def _model(kind: Kind, activation: str | None = None, suffix: str = "Layer") -> type[BaseModel]:

@@ -103,6 +103,17 @@ def _activation_shape(shape: tuple[int, ...], m: int, layouts: Layouts) -> tuple
     return (m, *shape) if layouts.examples_first else (*shape, m)
 
 
+def _vector_kinds(specs: list, where: list[str]) -> None:
+    """The one-step routes take layers on vectors (A_prev (n, m)): a kind on image batches is a 422 at its type
+    (read from the kinds' ranks)."""
+    errors = [ErrorItem(location=f"{at}.type", type="rank_mismatch",
+                        message=f"{spec.type} takes image batches (m, C, H, W), and this route takes layers on vectors "
+                                f"(A_prev (n, m)): send the network to /v1/gradients or /v1/grade")
+              for spec, at in zip(specs, where) if KINDS[spec.type].input_rank != 1]
+    if errors:
+        raise InvalidRequest(errors)
+
+
 def _layer_errors(req: LayerForwardRequest, layouts: Layouts, in_shape: tuple[int, ...]
                   ) -> tuple[tuple[int, ...] | None, list[ErrorItem]]:
     """The kind's shape rule and the activation's pairing, located under ``layer``."""
@@ -160,6 +171,7 @@ def _engine_layer(spec, layouts: Layouts, in_shape: tuple[int, ...]) -> Layer:
 def prepare_layer(req: LayerForwardRequest, limits: Limits) -> LayerPrep:
     """Checks (limits, the kind's shape rule, the upstream gradient and cache of a backward request) and the
     conversion to the engine's form. InvalidRequest lists every problem, located."""
+    _vector_kinds([req.layer], ["layer"])
     layouts = _layouts(req)
     A_prev = to_engine(req.A_prev, layouts)
     in_shape, m = (A_prev.shape[0],), A_prev.shape[1]
@@ -514,6 +526,7 @@ def _network_limits(req: NetworkBackwardRequest, limits: Limits, layouts: Layout
 
 def prepare_network(req: NetworkBackwardRequest, limits: Limits) -> NetworkPrep:
     """Limits, each layer against its cache, and the upstream gradient: dAL, or AL with Y and cost."""
+    _vector_kinds(req.layers, [f"layers[{i}]" for i in range(len(req.layers))])
     layouts = _layouts(req)
     _network_limits(req, limits, layouts)
     outs, errors = _cache_errors(req, layouts)

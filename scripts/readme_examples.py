@@ -71,6 +71,20 @@ def _shape_error() -> dict:
     return problem
 
 
+def _conv_pool_nhwc() -> dict:
+    """The image example: cost, the conv layer's gradients in the layout sent, and every gradient's shape."""
+    out = _post("/v1/gradients", _example("images/conv_pool_nhwc"))
+    g = out["gradients"]
+    shapes = {}
+    for key, value in g.items():
+        shape, v = [], value
+        while isinstance(v, list):
+            shape.append(len(v))
+            v = v[0]
+        shapes[key] = shape
+    return _round({"cost": out["cost"], "dW1": g["dW1"], "db1": g["db1"], "shapes": shapes})
+
+
 def _step(name: str) -> dict:
     return json.loads((ROOT / "examples" / "steps" / f"{name}.json").read_text())
 
@@ -98,6 +112,7 @@ def _adam_without_bias_correction() -> dict:
 EXAMPLES = {
     "two_layer_sigmoid_bce": lambda: _round(_post("/v1/gradients", _example("two_layer_sigmoid_bce"))),
     "shape_error": _shape_error,
+    "conv_pool_nhwc": _conv_pool_nhwc,
     "step_layer_backward": lambda: _round(_post("/v1/layer/backward", _step("layer_backward"))),
     "step_cost": lambda: _round(_post("/v1/cost", _step("cost"))),
     "step_adam": lambda: _round(_post("/v1/optimizer-step", _step("adam"))),

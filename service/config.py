@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     max_activations: int = Field(default=_DEFAULTS.max_activations, gt=0,
                                  description="Most activation entries: sum over l = 0..L of n_l * m (bounds memory and "
                                              "response size).")
+    max_image_size: int = Field(default=_DEFAULTS.max_image_size, gt=0,
+                                description="Largest height or width of an image: X's or any layer's output.")
+    max_kernel_size: int = Field(default=_DEFAULTS.max_kernel_size, gt=0,
+                                 description="Largest height or width of a convolution kernel or pooling window.")
+    max_stored: int = Field(default=_DEFAULTS.max_stored, gt=0,
+                            description="Most numbers one forward and backward pass keeps in memory, as each layer "
+                                        "kind prices it (caches, im2col buffers, gradients).")
 
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod
@@ -131,7 +138,8 @@ class Settings(BaseSettings):
     def limits(self) -> Limits:
         return Limits(max_layers=self.max_layers, max_units=self.max_units, max_examples=self.max_examples,
                       max_elements=self.max_elements, max_work=self.max_work,
-                      max_activations=self.max_activations)
+                      max_activations=self.max_activations, max_image_size=self.max_image_size,
+                      max_kernel_size=self.max_kernel_size, max_stored=self.max_stored)
 
     @classmethod
     def load(cls, **overrides) -> "Settings":

@@ -264,10 +264,10 @@ BAD = [
      {"layers[1].type": ("unknown_kind", "the kinds are dense, batchnorm, layernorm")}),
     ("kind_not_a_string", _layer(1, type=3), {"layers[1].type": ("unknown_kind", "the kinds are dense, batchnorm")}),
     ("gamma_on_dense", _layer(0, gamma=[1.0] * 4),
-     {"layers[0].gamma": ("extra_forbidden", "it is a field of batchnorm and layernorm layers (set `type`")}),
-    ("W_on_batchnorm", _layer(1, W=[[1.0]]), {"layers[1].W": ("extra_forbidden", "a field of dense layers")}),
+     {"layers[0].gamma": ("extra_forbidden", "it is a field of batchnorm, layernorm, spatial_batchnorm and groupnorm layers (set `type`")}),
+    ("W_on_batchnorm", _layer(1, W=[[1.0]]), {"layers[1].W": ("extra_forbidden", "a field of dense and conv2d layers")}),
     ("running_mean_on_layernorm", _layer(2, running_mean=[0.0] * 4),
-     {"layers[2].running_mean": ("extra_forbidden", "a field of batchnorm layers")}),
+     {"layers[2].running_mean": ("extra_forbidden", "a field of batchnorm and spatial_batchnorm layers")}),
     ("mode_on_layernorm", _layer(2, mode="test"), {"layers[2].mode": ("extra_forbidden", "a field of batchnorm")}),
     ("momentum_on_layernorm", _layer(2, momentum=0.5),
      {"layers[2].momentum": ("extra_forbidden", "a field of batchnorm")}),
@@ -380,7 +380,7 @@ def _registries():
     ({"new_state": None}, "has running statistics but no new_state"),
     ({"formulas": dataclasses.replace(KINDS["batchnorm"].formulas, grads={"gamma": ("g", "g")})},
      r"no gradient formula for \['beta'\]"),
-    ({"input_rank": 2}, "input_rank must be 1 or 3"),
+    ({"input_rank": 2}, "input_rank and output_rank must be 1 or 3"),
 ])
 def test_a_kind_missing_a_piece_fails_at_construction(change, message):
     before = _registries()
@@ -706,7 +706,7 @@ def test_explain_on_a_single_norm_layer_network(post):
 def test_v1_lists_each_kind_with_its_fields(client):
     info = orjson.loads(client.get("/v1").data)
     kinds = {k["name"]: k for k in info["kinds"]}
-    assert list(kinds) == ["dense", "batchnorm", "layernorm"]
+    assert list(kinds)[:3] == ["dense", "batchnorm", "layernorm"]
     assert [(p["name"], p["l2"]) for p in kinds["dense"]["params"]] == [("W", True), ("b", False)]
     for name in ("batchnorm", "layernorm"):
         assert [(p["name"], p["l2"]) for p in kinds[name]["params"]] == [("gamma", False), ("beta", False)]

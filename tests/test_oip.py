@@ -22,7 +22,8 @@ from tests.oip_wire import HEADER, decode, encode, same_bits, split, v1_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 INFER = "/v2/models/gradients/infer"
-EXAMPLES = sorted((ROOT / "service" / "examples").glob("*.json"))
+EXAMPLES = sorted((ROOT / "service" / "examples").glob("*.json")) + sorted(
+    (ROOT / "service" / "examples" / "images").glob("*.json"))
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,17 @@ def networks() -> dict[str, dict]:
                    _dense(rng, 2, 4, "linear")],
         "X": rng.standard_normal((3, m)), "Y": rng.standard_normal((2, m)), "cost": "mean_squared_error",
         "dropout": {"keep_prob": 0.75, "masks": [(rng.random((4, m)) > 0.3).astype(float), None]}}
+    nets["image_norms_avgpool"] = {  # NCHW images (m, C, H, W): conv, both image norms, average pooling
+        "layers": [{"type": "conv2d", "W": rng.standard_normal((3, 2, 3, 3)) / 4, "b": rng.standard_normal(3),
+                    "stride": 1, "pad": 1, "activation": "relu"},
+                   {"type": "groupnorm", "groups": 3, "gamma": rng.random(3) + 0.5, "beta": rng.standard_normal(3)},
+                   {"type": "spatial_batchnorm", "gamma": rng.random(3) + 0.5, "beta": rng.standard_normal(3),
+                    "activation": "tanh"},
+                   {"type": "avgpool2d", "size": 2},
+                   {"type": "flatten"},
+                   _dense(rng, 3, 12, "softmax")],
+        "X": rng.standard_normal((m, 2, 4, 4)), "Y": [0, 2, 1, 1, 0, 2], "cost": "categorical_cross_entropy",
+        "image_layout": "NCHW"}
     return nets
 
 

@@ -110,6 +110,8 @@ register(Activation(
     name="linear",
     forward=lambda Z, slope: Z,
     derivative=lambda Z, A, slope: np.ones_like(Z),
+    # dA * 1 is dA: a copy, without forming the ones (a pass per pooling or flatten layer, which default to linear).
+    vjp=lambda dA, Z, slope: np.copy(dA, order="K"),
     formula="g(z) = z",
     derivative_formula="g'(z) = 1",
     derivative_latex=r"g'(Z) = 1",

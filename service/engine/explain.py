@@ -84,7 +84,7 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
     (n_L, n_L) would be 134 MB for 4096 units). Raises NumericalOverflow as ``compute`` does."""
     r: Result = compute(X, Y, layers, cost, l2=l2, dropout=dropout, intermediates=intermediates)
     unit = costs.get(cost)
-    L, m = len(layers), X.shape[1]
+    L, m = len(layers), Y.shape[1]
     out_name = layers[-1].activation
     act = ACTIVATIONS[out_name]
     canonical = out_name == unit.fused_activation

@@ -36,7 +36,7 @@ export interface paths {
         put?: never;
         /**
          * Grade a student's arrays (or a class's) against the reference, with diagnoses.
-         * @description Computes the reference for the posted network once (as POST /v1/gradients does), then grades `submission` (or each of `submissions`, at most 500) key by key: status, errors, the worst entry, the course's difference, points, and for a wrong key the mistake its numbers point to (`missing_1_over_m`, `extra_1_over_m`, `intermediate_convention`, `sign_flipped`, `transposed`, `column_vs_vector`, `layer_index_off_by_one`, `dZL_sent_as_dAL`, `missing_l2`, `dAL_sent_as_dZL`, `dropout_mask_not_applied`, `dropout_not_scaled`, `derivative_on_A`, `relu_derivative_at_zero`, `batchnorm_constant_statistics`, `batchnorm_unbiased_variance`, `batchnorm_grads_wrong_axis`, `layernorm_wrong_axis`, `update_sign_flipped`, `momentum_without_one_minus_beta`, `epsilon_inside_sqrt`, `bias_correction_missing`, `uncorrected_moments_in_update`, `activation_not_applied`, `activation_derivative_missing`, `cost_sum_not_mean`, `decay_without_floor`, `t_off_by_one`, `scaled_by_constant`), each with its evidence, only when the submission matches that mistake within the tolerance. An entry passes when |s - r| <= atol + rtol |r| (defaults rtol = 1e-5, atol = 1e-8); null reference entries (not representable) are not graded, and cost and dA_L also pass where they match the course's formula evaluated from the rounded A_L. Without `reveal` no number of the response is computed from the reference but the errors, rounded up to powers of ten (none at all under a policy with `feedback: status`); with it the reference is sent once, as `reference`. In the batch form each submission is validated on its own: a malformed one gets a result with `status: invalid` and its located errors, the others are graded. The batch is priced before any work (422 `limit_exceeded` over the limits). The API key's policy (a service setting) may forbid `reveal`, bound the tolerances and the batch size (403 naming the field and the policy) and limit the rate (429 with Retry-After). `format: gradescope` returns a Gradescope results.json as it is, `format: prairielearn` a PrairieLearn results.json, `format: junit` JUnit XML (`application/xml`).
+         * @description Computes the reference for the posted network once (as POST /v1/gradients does), then grades `submission` (or each of `submissions`, at most 500) key by key: status, errors, the worst entry, the course's difference, points, and for a wrong key the mistake its numbers point to (`missing_1_over_m`, `extra_1_over_m`, `intermediate_convention`, `sign_flipped`, `transposed`, `column_vs_vector`, `layer_index_off_by_one`, `dZL_sent_as_dAL`, `missing_l2`, `dAL_sent_as_dZL`, `dropout_mask_not_applied`, `dropout_not_scaled`, `derivative_on_A`, `relu_derivative_at_zero`, `batchnorm_constant_statistics`, `batchnorm_unbiased_variance`, `batchnorm_grads_wrong_axis`, `layernorm_wrong_axis`, `conv_flipped_kernel`, `conv_stride_ignored`, `conv_padding_ignored`, `conv_grads_not_summed_over_examples`, `maxpool_gradient_spread_evenly`, `maxpool_ties_to_all`, `maxpool_ties_to_one`, `avgpool_not_divided_by_window`, `update_sign_flipped`, `momentum_without_one_minus_beta`, `epsilon_inside_sqrt`, `bias_correction_missing`, `uncorrected_moments_in_update`, `activation_not_applied`, `activation_derivative_missing`, `cost_sum_not_mean`, `decay_without_floor`, `t_off_by_one`, `scaled_by_constant`), each with its evidence, only when the submission matches that mistake within the tolerance. An entry passes when |s - r| <= atol + rtol |r| (defaults rtol = 1e-5, atol = 1e-8); null reference entries (not representable) are not graded, and cost and dA_L also pass where they match the course's formula evaluated from the rounded A_L. Without `reveal` no number of the response is computed from the reference but the errors, rounded up to powers of ten (none at all under a policy with `feedback: status`); with it the reference is sent once, as `reference`. In the batch form each submission is validated on its own: a malformed one gets a result with `status: invalid` and its located errors, the others are graded. The batch is priced before any work (422 `limit_exceeded` over the limits). The API key's policy (a service setting) may forbid `reveal`, bound the tolerances and the batch size (403 naming the field and the policy) and limit the rate (429 with Retry-After). `format: gradescope` returns a Gradescope results.json as it is, `format: prairielearn` a PrairieLearn results.json, `format: junit` JUnit XML (`application/xml`).
          */
         post: operations["post_v1_grade"];
         delete?: never;
@@ -292,6 +292,80 @@ export interface components {
             output_only: boolean;
         };
         /**
+         * Avgpool2dLayer
+         * @description 2-D average pooling without padding: each window's mean, per example and channel.
+         */
+        Avgpool2dLayer: {
+            /**
+             * Type
+             * @description `avgpool2d`: 2-D average pooling without padding: each window's mean, per example and channel.
+             * @default avgpool2d
+             * @constant
+             */
+            type?: "avgpool2d";
+            /**
+             * Size
+             * @description Pooling window: an int or [ph, pw], positive.
+             */
+            size: number | number[];
+            /**
+             * Stride
+             * @description Stride: an int or [sh, sw], positive; default the window (non-overlapping windows).
+             * @default null
+             */
+            stride?: number | number[] | null;
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /**
+         * Avgpool2dStepLayer
+         * @description 2-D average pooling without padding: each window's mean, per example and channel.
+         */
+        Avgpool2dStepLayer: {
+            /**
+             * Type
+             * @description `avgpool2d`: 2-D average pooling without padding: each window's mean, per example and channel.
+             * @default avgpool2d
+             * @constant
+             */
+            type?: "avgpool2d";
+            /**
+             * Size
+             * @description Pooling window: an int or [ph, pw], positive.
+             */
+            size: number | number[];
+            /**
+             * Stride
+             * @description Stride: an int or [sh, sw], positive; default the window (non-overlapping windows).
+             * @default null
+             */
+            stride?: number | number[] | null;
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /**
          * BatchnormLayer
          * @description Batch normalisation over the examples, per feature (cs231n's batchnorm_forward): out = gamma (x - mean) / sqrt(var + eps) + beta.
          */
@@ -465,6 +539,101 @@ export interface components {
             numeric: number;
             /** Abs Error */
             abs_error: number;
+        };
+        /**
+         * Conv2dLayer
+         * @description 2-D convolution (a cross-correlation, as cs231n, deeplearning.ai and PyTorch compute it) with zero padding and strides: Z[i, f] = sum over channels of W[f, c] * pad(A_prev[i, c]) + b[f].
+         */
+        Conv2dLayer: {
+            /**
+             * Type
+             * @description `conv2d`: 2-D convolution (a cross-correlation, as cs231n, deeplearning.ai and PyTorch compute it) with zero padding and strides: Z[i, f] = sum over channels of W[f, c] * pad(A_prev[i, c]) + b[f].
+             * @default conv2d
+             * @constant
+             */
+            type?: "conv2d";
+            /**
+             * W
+             * @description Kernels: (F, C, kh, kw) with image_layout NCHW (cs231n, PyTorch), (kh, kw, C, F) with NHWC (deeplearning.ai, TensorFlow); dW comes back in the form sent.
+             */
+            W: number[][][][];
+            /**
+             * B
+             * @description Biases, one per filter: (F,) or, as deeplearning.ai holds it, (1, 1, 1, F); db comes back in the shape sent.
+             */
+            b: number[] | number[][][][];
+            /**
+             * Stride
+             * @description Stride: an int or [sh, sw], positive; default 1.
+             * @default 1
+             */
+            stride?: number | number[];
+            /**
+             * Pad
+             * @description Zero padding on each side: an int or [ph, pw], >= 0; default 0.
+             * @default 0
+             */
+            pad?: number | number[];
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer.
+             * @enum {string}
+             */
+            activation: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /**
+         * Conv2dStepLayer
+         * @description 2-D convolution (a cross-correlation, as cs231n, deeplearning.ai and PyTorch compute it) with zero padding and strides: Z[i, f] = sum over channels of W[f, c] * pad(A_prev[i, c]) + b[f].
+         */
+        Conv2dStepLayer: {
+            /**
+             * Type
+             * @description `conv2d`: 2-D convolution (a cross-correlation, as cs231n, deeplearning.ai and PyTorch compute it) with zero padding and strides: Z[i, f] = sum over channels of W[f, c] * pad(A_prev[i, c]) + b[f].
+             * @default conv2d
+             * @constant
+             */
+            type?: "conv2d";
+            /**
+             * W
+             * @description Kernels: (F, C, kh, kw) with image_layout NCHW (cs231n, PyTorch), (kh, kw, C, F) with NHWC (deeplearning.ai, TensorFlow); dW comes back in the form sent.
+             */
+            W: number[][][][];
+            /**
+             * B
+             * @description Biases, one per filter: (F,) or, as deeplearning.ai holds it, (1, 1, 1, F); db comes back in the shape sent.
+             */
+            b: number[] | number[][][][];
+            /**
+             * Stride
+             * @description Stride: an int or [sh, sw], positive; default 1.
+             * @default 1
+             */
+            stride?: number | number[];
+            /**
+             * Pad
+             * @description Zero padding on each side: an int or [ph, pw], >= 0; default 0.
+             * @default 0
+             */
+            pad?: number | number[];
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
         };
         /** CostGradeRequest */
         CostGradeRequest: {
@@ -787,7 +956,7 @@ export interface components {
         DiagnosisOut: {
             /**
              * Code
-             * @description One of: `missing_1_over_m` (the 1/m factor is missing (the submission is m times the reference)), `extra_1_over_m` (1/m is applied twice (the submission is the reference divided by m)), `intermediate_convention` (the other convention for dA and dZ (per-example versus mean: a factor m)), `sign_flipped` (the sign is flipped), `transposed` (the array is transposed), `column_vs_vector` (right values, but a vector where a column was expected or the reverse), `layer_index_off_by_one` (the value of the neighbouring layer's key (the layer index is off by one)), `dZL_sent_as_dAL` (dZ_L = A_L - Y was sent as dA_L), `missing_l2` (the L2 term is missing), `dAL_sent_as_dZL` (dA_L was used as dZ_L (the output activation's derivative was left out)), `dropout_mask_not_applied` (the dropout mask was not applied in the backward pass), `dropout_not_scaled` (the dropout mask was applied without dividing by keep_prob), `derivative_on_A` (the activation derivative was evaluated on A instead of Z (sigmoid'(A), tanh'(A))), `relu_derivative_at_zero` (ReLU's derivative was taken as 1 at z = 0 (it is 0; leaky ReLU's is the slope)), `batchnorm_constant_statistics` (batchnorm's dx taken as dout gamma / sigma: the batch mean and variance treated as constants), `batchnorm_unbiased_variance` (batchnorm used the unbiased variance (1/(m-1)) in training), `batchnorm_grads_wrong_axis` (dgamma and dbeta summed over the features instead of the examples), `layernorm_wrong_axis` (layernorm normalised over the examples instead of the features), `update_sign_flipped` (the update's sign is flipped: the parameter moved up the gradient), `momentum_without_one_minus_beta` (momentum's velocity was updated as beta v + dP, without the (1 - beta) factor), `epsilon_inside_sqrt` (epsilon was added inside the square root), `bias_correction_missing` (Adam's bias correction was left out (the moments were used as they are)), `uncorrected_moments_in_update` (the parameters were updated with the uncorrected moments), `activation_not_applied` (A holds Z: the activation was not applied), `activation_derivative_missing` (dZ was taken to be dA: the activation's derivative g'(Z) was left out), `cost_sum_not_mean` (the cost sums the losses instead of averaging them (m times the reference)), `decay_without_floor` (the scheduled decay used epoch / time_interval without the floor), `t_off_by_one` (the step number t is off by one (the other convention: t as sent versus t + 1)), `scaled_by_constant` (the submission is a constant multiple of the reference).
+             * @description One of: `missing_1_over_m` (the 1/m factor is missing (the submission is m times the reference)), `extra_1_over_m` (1/m is applied twice (the submission is the reference divided by m)), `intermediate_convention` (the other convention for dA and dZ (per-example versus mean: a factor m)), `sign_flipped` (the sign is flipped), `transposed` (the array is transposed), `column_vs_vector` (right values, but a vector where a column was expected or the reverse), `layer_index_off_by_one` (the value of the neighbouring layer's key (the layer index is off by one)), `dZL_sent_as_dAL` (dZ_L = A_L - Y was sent as dA_L), `missing_l2` (the L2 term is missing), `dAL_sent_as_dZL` (dA_L was used as dZ_L (the output activation's derivative was left out)), `dropout_mask_not_applied` (the dropout mask was not applied in the backward pass), `dropout_not_scaled` (the dropout mask was applied without dividing by keep_prob), `derivative_on_A` (the activation derivative was evaluated on A instead of Z (sigmoid'(A), tanh'(A))), `relu_derivative_at_zero` (ReLU's derivative was taken as 1 at z = 0 (it is 0; leaky ReLU's is the slope)), `batchnorm_constant_statistics` (batchnorm's dx taken as dout gamma / sigma: the batch mean and variance treated as constants), `batchnorm_unbiased_variance` (batchnorm used the unbiased variance (1/(m-1)) in training), `batchnorm_grads_wrong_axis` (dgamma and dbeta summed over the features instead of the examples), `layernorm_wrong_axis` (layernorm normalised over the examples instead of the features), `conv_flipped_kernel` (a true convolution: the kernel flipped on both spatial axes, where both courses and PyTorch compute a cross-correlation), `conv_stride_ignored` (the convolution's backward pass ignored the stride), `conv_padding_ignored` (the convolution's backward pass ignored the padding), `conv_grads_not_summed_over_examples` (dW and db not summed over the examples), `maxpool_gradient_spread_evenly` (max pooling's gradient spread evenly over the window (average pooling's backward)), `maxpool_ties_to_all` (max pooling's gradient given to every tied maximum where ties is first), `maxpool_ties_to_one` (max pooling's gradient given to one tied maximum where ties is all), `avgpool_not_divided_by_window` (average pooling's gradient not divided by the window's size), `update_sign_flipped` (the update's sign is flipped: the parameter moved up the gradient), `momentum_without_one_minus_beta` (momentum's velocity was updated as beta v + dP, without the (1 - beta) factor), `epsilon_inside_sqrt` (epsilon was added inside the square root), `bias_correction_missing` (Adam's bias correction was left out (the moments were used as they are)), `uncorrected_moments_in_update` (the parameters were updated with the uncorrected moments), `activation_not_applied` (A holds Z: the activation was not applied), `activation_derivative_missing` (dZ was taken to be dA: the activation's derivative g'(Z) was left out), `cost_sum_not_mean` (the cost sums the losses instead of averaging them (m times the reference)), `decay_without_floor` (the scheduled decay used epoch / time_interval without the floor), `t_off_by_one` (the step number t is off by one (the other convention: t as sent versus t + 1)), `scaled_by_constant` (the submission is a constant multiple of the reference).
              */
             code: string;
             /**
@@ -840,9 +1009,9 @@ export interface components {
             keep_prob: number;
             /**
              * Masks
-             * @description D_1 .. D_{L-1}: 0/1 matrices shaped like A_l, (n_l, m) or (m, n_l) by layout; null for a hidden layer without dropout.
+             * @description D_1 .. D_{L-1}: 0/1 matrices shaped like A_l, (n_l, m) or (m, n_l) by layout (image batches by image_layout); null for a hidden layer without dropout.
              */
-            masks: (number[][] | null)[];
+            masks: (number[][] | number[][][][] | null)[];
         };
         /**
          * ErrorItem
@@ -871,12 +1040,12 @@ export interface components {
              * Layers
              * @description Layers 1 .. L, input side first; each a kind (`type`, default `dense`) with its parameters, hyperparameters and an activation.
              */
-            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"])[];
+            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"])[];
             /**
              * X
-             * @description Inputs: (n_x, m) features first, or (m, n_x) examples first.
+             * @description Inputs: (n_x, m) features first, or (m, n_x) examples first; or an image batch, (m, C, H, W) with image_layout NCHW, (m, H, W, C) with NHWC.
              */
-            X: number[][];
+            X: number[][] | number[][][][];
             /**
              * Y
              * @description Labels: (n_y, m) or (m, n_y) by layout; a flat list of m labels when n_y = 1; for the costs that take them also a flat list of m class indices.
@@ -902,6 +1071,13 @@ export interface components {
              * @enum {string}
              */
             weight_layout?: "out_in" | "in_out";
+            /**
+             * Image Layout
+             * @description How image batches are held: `NCHW` (m, C, H, W) (cs231n, PyTorch; the default) or `NHWC` (m, H, W, C) (deeplearning.ai, TensorFlow). It fixes the shape of a 4-D X, of every 4-D activation, gradient, cache and mask, and of conv2d's W: (F, C, kh, kw) with NCHW, (kh, kw, C, F) with NHWC.
+             * @default NCHW
+             * @enum {string}
+             */
+            image_layout?: "NCHW" | "NHWC";
             /**
              * L2
              * @description lambda >= 0: J += lambda/(2m) sum ||W_l||_F^2, dW_l += (lambda/m) W_l.
@@ -1072,6 +1248,58 @@ export interface components {
              */
             choices?: string[] | null;
         };
+        /**
+         * FlattenLayer
+         * @description Flatten an image batch into vectors (C H W features per example, in the image layout's order: (C, H, W) with NCHW, (H, W, C) with NHWC), so that dense layers can follow.
+         */
+        FlattenLayer: {
+            /**
+             * Type
+             * @description `flatten`: Flatten an image batch into vectors (C H W features per example, in the image layout's order: (C, H, W) with NCHW, (H, W, C) with NHWC), so that dense layers can follow.
+             * @default flatten
+             * @constant
+             */
+            type?: "flatten";
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /**
+         * FlattenStepLayer
+         * @description Flatten an image batch into vectors (C H W features per example, in the image layout's order: (C, H, W) with NCHW, (H, W, C) with NHWC), so that dense layers can follow.
+         */
+        FlattenStepLayer: {
+            /**
+             * Type
+             * @description `flatten`: Flatten an image batch into vectors (C H W features per example, in the image layout's order: (C, H, W) with NCHW, (H, W, C) with NHWC), so that dense layers can follow.
+             * @default flatten
+             * @constant
+             */
+            type?: "flatten";
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
         /** GradeAnyRequest */
         GradeAnyRequest: components["schemas"]["GradeRequest"] | components["schemas"]["LayerForwardGradeRequest"] | components["schemas"]["LayerBackwardGradeRequest"] | components["schemas"]["CostGradeRequest"] | components["schemas"]["OptimizerStepGradeRequest"] | components["schemas"]["NetworkBackwardGradeRequest"];
         /** GradeAnyResponse */
@@ -1082,12 +1310,12 @@ export interface components {
              * Layers
              * @description Layers 1 .. L, input side first; each a kind (`type`, default `dense`) with its parameters, hyperparameters and an activation.
              */
-            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"])[];
+            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"])[];
             /**
              * X
-             * @description Inputs: (n_x, m) features first, or (m, n_x) examples first.
+             * @description Inputs: (n_x, m) features first, or (m, n_x) examples first; or an image batch, (m, C, H, W) with image_layout NCHW, (m, H, W, C) with NHWC.
              */
-            X: number[][];
+            X: number[][] | number[][][][];
             /**
              * Y
              * @description Labels: (n_y, m) or (m, n_y) by layout; a flat list of m labels when n_y = 1; for the costs that take them also a flat list of m class indices.
@@ -1113,6 +1341,13 @@ export interface components {
              * @enum {string}
              */
             weight_layout?: "out_in" | "in_out";
+            /**
+             * Image Layout
+             * @description How image batches are held: `NCHW` (m, C, H, W) (cs231n, PyTorch; the default) or `NHWC` (m, H, W, C) (deeplearning.ai, TensorFlow). It fixes the shape of a 4-D X, of every 4-D activation, gradient, cache and mask, and of conv2d's W: (F, C, kh, kw) with NCHW, (kh, kw, C, F) with NHWC.
+             * @default NCHW
+             * @enum {string}
+             */
+            image_layout?: "NCHW" | "NHWC";
             /**
              * L2
              * @description lambda >= 0: J += lambda/(2m) sum ||W_l||_F^2, dW_l += (lambda/m) W_l.
@@ -1311,12 +1546,12 @@ export interface components {
              * Layers
              * @description Layers 1 .. L, input side first; each a kind (`type`, default `dense`) with its parameters, hyperparameters and an activation.
              */
-            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"])[];
+            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"])[];
             /**
              * X
-             * @description Inputs: (n_x, m) features first, or (m, n_x) examples first.
+             * @description Inputs: (n_x, m) features first, or (m, n_x) examples first; or an image batch, (m, C, H, W) with image_layout NCHW, (m, H, W, C) with NHWC.
              */
-            X: number[][];
+            X: number[][] | number[][][][];
             /**
              * Y
              * @description Labels: (n_y, m) or (m, n_y) by layout; a flat list of m labels when n_y = 1; for the costs that take them also a flat list of m class indices.
@@ -1342,6 +1577,13 @@ export interface components {
              * @enum {string}
              */
             weight_layout?: "out_in" | "in_out";
+            /**
+             * Image Layout
+             * @description How image batches are held: `NCHW` (m, C, H, W) (cs231n, PyTorch; the default) or `NHWC` (m, H, W, C) (deeplearning.ai, TensorFlow). It fixes the shape of a 4-D X, of every 4-D activation, gradient, cache and mask, and of conv2d's W: (F, C, kh, kw) with NCHW, (kh, kw, C, F) with NHWC.
+             * @default NCHW
+             * @enum {string}
+             */
+            image_layout?: "NCHW" | "NHWC";
             /**
              * L2
              * @description lambda >= 0: J += lambda/(2m) sum ||W_l||_F^2, dW_l += (lambda/m) W_l.
@@ -1411,11 +1653,11 @@ export interface components {
             worst?: number;
             /**
              * Gradients
-             * @description A submitted gradient to check instead of the service's own: every dW1..dWL (n_l, n_(l-1)) and db1..dbL ((n_l, 1) or (n_l,)).
+             * @description A submitted gradient to check instead of the service's own: every parameter's (dW1..dWL (n_l, n_(l-1)), db1..dbL ((n_l, 1) or (n_l,)), conv2d's 4-D dW, dgamma, dbeta), each in the shape its parameter was sent in.
              * @default null
              */
             gradients?: {
-                [key: string]: number[] | number[][];
+                [key: string]: number[] | number[][] | number[][][][];
             } | null;
         };
         /** GradientCheckResponse */
@@ -1480,12 +1722,12 @@ export interface components {
              * Layers
              * @description Layers 1 .. L, input side first; each a kind (`type`, default `dense`) with its parameters, hyperparameters and an activation.
              */
-            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"])[];
+            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"])[];
             /**
              * X
-             * @description Inputs: (n_x, m) features first, or (m, n_x) examples first.
+             * @description Inputs: (n_x, m) features first, or (m, n_x) examples first; or an image batch, (m, C, H, W) with image_layout NCHW, (m, H, W, C) with NHWC.
              */
-            X: number[][];
+            X: number[][] | number[][][][];
             /**
              * Y
              * @description Labels: (n_y, m) or (m, n_y) by layout; a flat list of m labels when n_y = 1; for the costs that take them also a flat list of m class indices.
@@ -1511,6 +1753,13 @@ export interface components {
              * @enum {string}
              */
             weight_layout?: "out_in" | "in_out";
+            /**
+             * Image Layout
+             * @description How image batches are held: `NCHW` (m, C, H, W) (cs231n, PyTorch; the default) or `NHWC` (m, H, W, C) (deeplearning.ai, TensorFlow). It fixes the shape of a 4-D X, of every 4-D activation, gradient, cache and mask, and of conv2d's W: (F, C, kh, kw) with NCHW, (kh, kw, C, F) with NHWC.
+             * @default NCHW
+             * @enum {string}
+             */
+            image_layout?: "NCHW" | "NHWC";
             /**
              * L2
              * @description lambda >= 0: J += lambda/(2m) sum ||W_l||_F^2, dW_l += (lambda/m) W_l.
@@ -1550,10 +1799,10 @@ export interface components {
             AL: (number | null)[][];
             /**
              * Gradients
-             * @description d<param><l> for every parameter of every layer (dW1..dWL, db1..dbL, dgamma<l>, dbeta<l>; each in the shape its parameter was sent in), dZ1..dZL, dA0..dA{L}.
+             * @description d<param><l> for every parameter of every layer (dW1..dWL, db1..dbL, dgamma<l>, dbeta<l>; each in the shape its parameter was sent in), dZ1..dZL, dA0..dA{L}; image batches (and conv2d's dW) 4-D, by image_layout.
              */
             gradients: {
-                [key: string]: (number | null)[][] | number[];
+                [key: string]: (number | null)[][] | number[] | (number | null)[][][][];
             };
             /**
              * Caches
@@ -1561,7 +1810,7 @@ export interface components {
              * @default null
              */
             caches?: {
-                [key: string]: (number | null)[][];
+                [key: string]: (number | null)[][] | (number | null)[][][][];
             } | null;
             /**
              * State
@@ -1570,7 +1819,7 @@ export interface components {
              */
             state?: {
                 [key: string]: {
-                    [key: string]: (number | null)[][] | number[];
+                    [key: string]: (number | null)[][] | number[] | (number | null)[][][][];
                 };
             } | null;
             /**
@@ -1578,6 +1827,100 @@ export interface components {
              * @description Entries returned as null, and why.
              */
             warnings?: components["schemas"]["NullWarning"][];
+        };
+        /**
+         * GroupnormLayer
+         * @description Group normalisation (cs231n's spatial_groupnorm_forward, PyTorch's group_norm): per example, over each group of C/G channels and their pixels: out = gamma (x - mean) / sqrt(var + eps) + beta.
+         */
+        GroupnormLayer: {
+            /**
+             * Type
+             * @description `groupnorm`: Group normalisation (cs231n's spatial_groupnorm_forward, PyTorch's group_norm): per example, over each group of C/G channels and their pixels: out = gamma (x - mean) / sqrt(var + eps) + beta.
+             * @default groupnorm
+             * @constant
+             */
+            type?: "groupnorm";
+            /**
+             * Gamma
+             * @description Scale, one per channel (normalised per example over its group of channels and their pixels): (C,) or (1, C, 1, 1) (cs231n's), or (1, 1, 1, C) with NHWC; dgamma comes back in the shape sent.
+             */
+            gamma: number[] | number[][][][];
+            /**
+             * Beta
+             * @description Shift, one per channel: (C,) or (1, C, 1, 1) (cs231n's), or (1, 1, 1, C) with NHWC; dbeta comes back in the shape sent.
+             */
+            beta: number[] | number[][][][];
+            /**
+             * Groups
+             * @description G, the number of groups; it must divide the channels C.
+             */
+            groups: number;
+            /**
+             * Eps
+             * @description Added to the variance before the square root.
+             * @default 0.00001
+             */
+            eps?: number;
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /**
+         * GroupnormStepLayer
+         * @description Group normalisation (cs231n's spatial_groupnorm_forward, PyTorch's group_norm): per example, over each group of C/G channels and their pixels: out = gamma (x - mean) / sqrt(var + eps) + beta.
+         */
+        GroupnormStepLayer: {
+            /**
+             * Type
+             * @description `groupnorm`: Group normalisation (cs231n's spatial_groupnorm_forward, PyTorch's group_norm): per example, over each group of C/G channels and their pixels: out = gamma (x - mean) / sqrt(var + eps) + beta.
+             * @default groupnorm
+             * @constant
+             */
+            type?: "groupnorm";
+            /**
+             * Gamma
+             * @description Scale, one per channel (normalised per example over its group of channels and their pixels): (C,) or (1, C, 1, 1) (cs231n's), or (1, 1, 1, C) with NHWC; dgamma comes back in the shape sent.
+             */
+            gamma: number[] | number[][][][];
+            /**
+             * Beta
+             * @description Shift, one per channel: (C,) or (1, C, 1, 1) (cs231n's), or (1, 1, 1, C) with NHWC; dbeta comes back in the shape sent.
+             */
+            beta: number[] | number[][][][];
+            /**
+             * Groups
+             * @description G, the number of groups; it must divide the channels C.
+             */
+            groups: number;
+            /**
+             * Eps
+             * @description Added to the variance before the square root.
+             * @default 0.00001
+             */
+            eps?: number;
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
         };
         /** Health */
         Health: {
@@ -1728,7 +2071,7 @@ export interface components {
              * Layer
              * @description One layer of any kind, as an entry of `layers` in /v1/gradients (`type`, default `dense`, its parameters, hyperparameters and running statistics); `activation` defaults to `linear` here (the course's linear_forward and linear_backward have none).
              */
-            layer: components["schemas"]["DenseStepLayer"] | components["schemas"]["BatchnormStepLayer"] | components["schemas"]["LayernormStepLayer"];
+            layer: components["schemas"]["DenseStepLayer"] | components["schemas"]["BatchnormStepLayer"] | components["schemas"]["LayernormStepLayer"] | components["schemas"]["Conv2dStepLayer"] | components["schemas"]["Maxpool2dStepLayer"] | components["schemas"]["Avgpool2dStepLayer"] | components["schemas"]["FlattenStepLayer"] | components["schemas"]["SpatialBatchnormStepLayer"] | components["schemas"]["GroupnormStepLayer"];
             /**
              * A Prev
              * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first.
@@ -1850,7 +2193,7 @@ export interface components {
              * Layer
              * @description One layer of any kind, as an entry of `layers` in /v1/gradients (`type`, default `dense`, its parameters, hyperparameters and running statistics); `activation` defaults to `linear` here (the course's linear_forward and linear_backward have none).
              */
-            layer: components["schemas"]["DenseStepLayer"] | components["schemas"]["BatchnormStepLayer"] | components["schemas"]["LayernormStepLayer"];
+            layer: components["schemas"]["DenseStepLayer"] | components["schemas"]["BatchnormStepLayer"] | components["schemas"]["LayernormStepLayer"] | components["schemas"]["Conv2dStepLayer"] | components["schemas"]["Maxpool2dStepLayer"] | components["schemas"]["Avgpool2dStepLayer"] | components["schemas"]["FlattenStepLayer"] | components["schemas"]["SpatialBatchnormStepLayer"] | components["schemas"]["GroupnormStepLayer"];
             /**
              * A Prev
              * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first.
@@ -1926,7 +2269,7 @@ export interface components {
              * Layer
              * @description One layer of any kind, as an entry of `layers` in /v1/gradients (`type`, default `dense`, its parameters, hyperparameters and running statistics); `activation` defaults to `linear` here (the course's linear_forward and linear_backward have none).
              */
-            layer: components["schemas"]["DenseStepLayer"] | components["schemas"]["BatchnormStepLayer"] | components["schemas"]["LayernormStepLayer"];
+            layer: components["schemas"]["DenseStepLayer"] | components["schemas"]["BatchnormStepLayer"] | components["schemas"]["LayernormStepLayer"] | components["schemas"]["Conv2dStepLayer"] | components["schemas"]["Maxpool2dStepLayer"] | components["schemas"]["Avgpool2dStepLayer"] | components["schemas"]["FlattenStepLayer"] | components["schemas"]["SpatialBatchnormStepLayer"] | components["schemas"]["GroupnormStepLayer"];
             /**
              * A Prev
              * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first.
@@ -2017,7 +2360,7 @@ export interface components {
              * Layer
              * @description One layer of any kind, as an entry of `layers` in /v1/gradients (`type`, default `dense`, its parameters, hyperparameters and running statistics); `activation` defaults to `linear` here (the course's linear_forward and linear_backward have none).
              */
-            layer: components["schemas"]["DenseStepLayer"] | components["schemas"]["BatchnormStepLayer"] | components["schemas"]["LayernormStepLayer"];
+            layer: components["schemas"]["DenseStepLayer"] | components["schemas"]["BatchnormStepLayer"] | components["schemas"]["LayernormStepLayer"] | components["schemas"]["Conv2dStepLayer"] | components["schemas"]["Maxpool2dStepLayer"] | components["schemas"]["Avgpool2dStepLayer"] | components["schemas"]["FlattenStepLayer"] | components["schemas"]["SpatialBatchnormStepLayer"] | components["schemas"]["GroupnormStepLayer"];
             /**
              * A Prev
              * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first.
@@ -2175,13 +2518,101 @@ export interface components {
              */
             time_interval?: number;
         };
+        /**
+         * Maxpool2dLayer
+         * @description 2-D max pooling without padding: each window's maximum, per example and channel.
+         */
+        Maxpool2dLayer: {
+            /**
+             * Type
+             * @description `maxpool2d`: 2-D max pooling without padding: each window's maximum, per example and channel.
+             * @default maxpool2d
+             * @constant
+             */
+            type?: "maxpool2d";
+            /**
+             * Size
+             * @description Pooling window: an int or [ph, pw], positive.
+             */
+            size: number | number[];
+            /**
+             * Stride
+             * @description Stride: an int or [sh, sw], positive; default the window (non-overlapping windows).
+             * @default null
+             */
+            stride?: number | number[] | null;
+            /**
+             * Ties
+             * @description Which entries of a window get its gradient when several equal the maximum: `first` (the first in row-major order of the window, as PyTorch and cs231n's argmax) or `all` (every one, each the whole gradient, as deeplearning.ai's create_mask_from_window, x == max).
+             * @default first
+             * @enum {string}
+             */
+            ties?: "first" | "all";
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /**
+         * Maxpool2dStepLayer
+         * @description 2-D max pooling without padding: each window's maximum, per example and channel.
+         */
+        Maxpool2dStepLayer: {
+            /**
+             * Type
+             * @description `maxpool2d`: 2-D max pooling without padding: each window's maximum, per example and channel.
+             * @default maxpool2d
+             * @constant
+             */
+            type?: "maxpool2d";
+            /**
+             * Size
+             * @description Pooling window: an int or [ph, pw], positive.
+             */
+            size: number | number[];
+            /**
+             * Stride
+             * @description Stride: an int or [sh, sw], positive; default the window (non-overlapping windows).
+             * @default null
+             */
+            stride?: number | number[] | null;
+            /**
+             * Ties
+             * @description Which entries of a window get its gradient when several equal the maximum: `first` (the first in row-major order of the window, as PyTorch and cs231n's argmax) or `all` (every one, each the whole gradient, as deeplearning.ai's create_mask_from_window, x == max).
+             * @default first
+             * @enum {string}
+             */
+            ties?: "first" | "all";
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
         /** NetworkBackwardGradeRequest */
         NetworkBackwardGradeRequest: {
             /**
              * Layers
              * @description Layers 1 .. L as in /v1/gradients.
              */
-            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"])[];
+            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"])[];
             /**
              * Caches
              * @description One cache per layer, as the course's caches list holds them: each layer's own input A_prev and pre-activation Z, used as sent even where they are not what the previous layer outputs (the course's L_model_backward test case draws them independently).
@@ -2309,7 +2740,7 @@ export interface components {
              * Layers
              * @description Layers 1 .. L as in /v1/gradients.
              */
-            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"])[];
+            layers: (components["schemas"]["DenseLayer"] | components["schemas"]["BatchnormLayer"] | components["schemas"]["LayernormLayer"] | components["schemas"]["Conv2dLayer"] | components["schemas"]["Maxpool2dLayer"] | components["schemas"]["Avgpool2dLayer"] | components["schemas"]["FlattenLayer"] | components["schemas"]["SpatialBatchnormLayer"] | components["schemas"]["GroupnormLayer"])[];
             /**
              * Caches
              * @description One cache per layer, as the course's caches list holds them: each layer's own input A_prev and pre-activation Z, used as sent even where they are not what the previous layer outputs (the course's L_model_backward test case draws them independently).
@@ -2888,6 +3319,140 @@ export interface components {
             api_keys_required: boolean;
         };
         /**
+         * SpatialBatchnormLayer
+         * @description Batch normalisation of images per channel over the examples and pixels (cs231n's spatial_batchnorm_forward, PyTorch's BatchNorm2d): out = gamma (x - mean) / sqrt(var + eps) + beta.
+         */
+        SpatialBatchnormLayer: {
+            /**
+             * Type
+             * @description `spatial_batchnorm`: Batch normalisation of images per channel over the examples and pixels (cs231n's spatial_batchnorm_forward, PyTorch's BatchNorm2d): out = gamma (x - mean) / sqrt(var + eps) + beta.
+             * @default spatial_batchnorm
+             * @constant
+             */
+            type?: "spatial_batchnorm";
+            /**
+             * Gamma
+             * @description Scale, one per channel (normalised over the examples and pixels): (C,), or (1, C, 1, 1) with NCHW, (1, 1, 1, C) with NHWC; dgamma comes back in the shape sent.
+             */
+            gamma: number[] | number[][][][];
+            /**
+             * Beta
+             * @description Shift, one per channel: (C,), or (1, C, 1, 1) with NCHW, (1, 1, 1, C) with NHWC; dbeta comes back in the shape sent.
+             */
+            beta: number[] | number[][][][];
+            /**
+             * Running Mean
+             * @description The running mean per channel, (C,), or (1, C, 1, 1) with NCHW, (1, 1, 1, C) with NHWC; default zeros. Returned updated in train mode, under `state`.
+             * @default null
+             */
+            running_mean?: number[] | number[][][][] | null;
+            /**
+             * Running Var
+             * @description The running variance per channel, (C,), or (1, C, 1, 1) with NCHW, (1, 1, 1, C) with NHWC; default ones. Returned updated in train mode.
+             * @default null
+             */
+            running_var?: number[] | number[][][][] | null;
+            /**
+             * Eps
+             * @description Added to the variance before the square root.
+             * @default 0.00001
+             */
+            eps?: number;
+            /**
+             * Momentum
+             * @description running = momentum running + (1 - momentum) batch.
+             * @default 0.9
+             */
+            momentum?: number;
+            /**
+             * Mode
+             * @description `train`: the batch's mean and (biased) variance per channel; `test`: the running statistics, which must then be sent.
+             * @default train
+             * @enum {string}
+             */
+            mode?: "train" | "test";
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /**
+         * SpatialBatchnormStepLayer
+         * @description Batch normalisation of images per channel over the examples and pixels (cs231n's spatial_batchnorm_forward, PyTorch's BatchNorm2d): out = gamma (x - mean) / sqrt(var + eps) + beta.
+         */
+        SpatialBatchnormStepLayer: {
+            /**
+             * Type
+             * @description `spatial_batchnorm`: Batch normalisation of images per channel over the examples and pixels (cs231n's spatial_batchnorm_forward, PyTorch's BatchNorm2d): out = gamma (x - mean) / sqrt(var + eps) + beta.
+             * @default spatial_batchnorm
+             * @constant
+             */
+            type?: "spatial_batchnorm";
+            /**
+             * Gamma
+             * @description Scale, one per channel (normalised over the examples and pixels): (C,), or (1, C, 1, 1) with NCHW, (1, 1, 1, C) with NHWC; dgamma comes back in the shape sent.
+             */
+            gamma: number[] | number[][][][];
+            /**
+             * Beta
+             * @description Shift, one per channel: (C,), or (1, C, 1, 1) with NCHW, (1, 1, 1, C) with NHWC; dbeta comes back in the shape sent.
+             */
+            beta: number[] | number[][][][];
+            /**
+             * Running Mean
+             * @description The running mean per channel, (C,), or (1, C, 1, 1) with NCHW, (1, 1, 1, C) with NHWC; default zeros. Returned updated in train mode, under `state`.
+             * @default null
+             */
+            running_mean?: number[] | number[][][][] | null;
+            /**
+             * Running Var
+             * @description The running variance per channel, (C,), or (1, C, 1, 1) with NCHW, (1, 1, 1, C) with NHWC; default ones. Returned updated in train mode.
+             * @default null
+             */
+            running_var?: number[] | number[][][][] | null;
+            /**
+             * Eps
+             * @description Added to the variance before the square root.
+             * @default 0.00001
+             */
+            eps?: number;
+            /**
+             * Momentum
+             * @description running = momentum running + (1 - momentum) batch.
+             * @default 0.9
+             */
+            momentum?: number;
+            /**
+             * Mode
+             * @description `train`: the batch's mean and (biased) variance per channel; `test`: the running statistics, which must then be sent.
+             * @default train
+             * @enum {string}
+             */
+            mode?: "train" | "test";
+            /**
+             * Activation
+             * @description Activation g_l applied to the kind's output; `softmax` only on the output layer. Default `linear`.
+             * @default linear
+             * @enum {string}
+             */
+            activation?: "linear" | "sigmoid" | "tanh" | "relu" | "leaky_relu" | "softmax";
+            /**
+             * Negative Slope
+             * @description Slope of `leaky_relu` for z <= 0 (default 0.01); only allowed with `leaky_relu`.
+             * @default null
+             */
+            negative_slope?: number | null;
+        };
+        /**
          * StepSubmission
          * @description The student's values keyed by the task's response names, nested as the route returns them (or as dotted keys: `params.W1`, `state.v.dW1`): numbers or arrays whose entries may be null (null grades `not_a_number`). The route's response, fed back, scores full marks.
          */
@@ -2906,7 +3471,7 @@ export interface components {
              */
             cost?: number | null;
         } & {
-            [key: string]: (number | null)[] | (number | null)[][];
+            [key: string]: (number | null)[] | (number | null)[][] | (number | null)[][][][];
         };
         /** WorstEntry */
         WorstEntry: {

@@ -7,6 +7,12 @@ Adding a kind is one module here (imported below, in the order /v1 and OpenAPI l
 from service.engine.kinds import dense  # noqa: F401,I001  (each registers itself)
 from service.engine.kinds import batchnorm  # noqa: F401
 from service.engine.kinds import layernorm  # noqa: F401
+from service.engine.kinds import conv2d  # noqa: F401
+from service.engine.kinds import maxpool2d  # noqa: F401
+from service.engine.kinds import avgpool2d  # noqa: F401
+from service.engine.kinds import flatten  # noqa: F401
+from service.engine.kinds import spatial_batchnorm  # noqa: F401
+from service.engine.kinds import groupnorm  # noqa: F401
 from service.engine.kinds.base import (KINDS, REQUIRED, Checked, Formulas, Hyper, InputStory, Kind, Layouts,
                                        Mistake, Param,
                                        Price, ShapeError, State, param_names, state_names)

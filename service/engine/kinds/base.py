@@ -33,6 +33,33 @@ class Layouts:
     weights_in_out: bool = False
     channels_last: bool = False
 
+    def to_engine_activation(self, a: Array) -> Array:
+        """A per-example array (X, a dropout mask, a submitted dZ/dA/AL) as the wire holds it -> the engine's form:
+        a matrix (units, m) (transposed from (m, units) with ``examples_first``), an image batch (m, C, H, W)
+        (from (m, H, W, C) with ``channels_last``). Other ranks are left alone. A view, not a copy."""
+        if a.ndim == 2 and self.examples_first:
+            return a.T
+        if a.ndim == 4 and self.channels_last:
+            return a.transpose(0, 3, 1, 2)
+        return a
+
+    def to_wire_activation(self, a: Array) -> Array:
+        """The inverse of ``to_engine_activation``: an engine array (a response's dZ, dA, Z, A, AL) as the wire
+        holds it. A view, not a copy."""
+        if a.ndim == 2 and self.examples_first:
+            return a.T
+        if a.ndim == 4 and self.channels_last:
+            return a.transpose(0, 2, 3, 1)
+        return a
+
+    def index_to_wire(self, index: tuple[int, ...]) -> tuple[int, ...]:
+        """An index (or a shape) into an engine per-example array -> the same entry in the wire's form."""
+        if len(index) == 2 and self.examples_first:
+            return index[1], index[0]
+        if len(index) == 4 and self.channels_last:
+            return index[0], index[2], index[3], index[1]
+        return tuple(index)
+
 
 @dataclass(frozen=True)
 class Param:
@@ -95,13 +122,15 @@ class Checked:
 @dataclass(frozen=True)
 class Price:
     """What one layer costs for m examples, from shapes alone: ``work`` multiply-adds of forward and backward,
-    ``stored`` numbers its cache and output keep, ``reads`` numbers of its parameters read per evaluation,
-    ``forward_work`` the forward's share of ``work`` (the gradient check re-runs forward passes only)."""
+    ``stored`` numbers its cache and output keep (im2col buffers included), ``reads`` numbers of its parameters
+    read per evaluation, ``forward_work`` the forward's share of ``work`` (the gradient check re-runs forward
+    passes only), ``window`` the largest side of the kernel or window it slides over an image (0: none)."""
 
     work: int
     stored: int
     reads: int
     forward_work: int
+    window: int = 0
 
 
 @dataclass(frozen=True)
@@ -158,7 +187,11 @@ class Kind:
     one entry per feature is 1-D ``(D,)`` (sent back in its parameter's shape), any other is 2-D like the
     activations ``(rows, m)`` (sent back in the layout), so that m = 1 cannot confuse the two.
     ``explain_input(h, params, hyper)``: how dA_h flows back through this kind (the layer h + 1), for explain.
-    ``default_activation``: None when ``activation`` must be sent. ``source_text`` also takes the layouts."""
+    ``default_activation``: None when ``activation`` must be sent. ``source_text`` also takes the layouts.
+    ``output_rank``: the feature axes of its output when they differ from ``input_rank`` (flatten: 3 -> 1); the
+    shape chain names the kinds that change ranks when a layer gets the wrong one. ``engine_hyper(hyper,
+    layouts)``: the hyperparameters the engine runs with, when they depend on how the wire holds arrays
+    (flatten's feature order); None: the request's."""
 
     name: str
     description: str
@@ -178,11 +211,17 @@ class Kind:
     explain_input: Callable[[int, dict, dict], InputStory]
     default_activation: str | None
     notes: tuple[str, ...] = field(default=())
+    output_rank: int | None = None
+    engine_hyper: Callable[[dict, Layouts], dict] | None = None
+
+    @property
+    def out_rank(self) -> int:
+        return self.input_rank if self.output_rank is None else self.output_rank
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None and f.name not in ("new_state", "default_activation"):
+            if value is None and f.name not in ("new_state", "default_activation", "output_rank", "engine_hyper"):
                 raise TypeError(f"layer kind {self.name!r}: {f.name} is required")
         if self.states and self.new_state is None:
             raise TypeError(f"layer kind {self.name!r} has running statistics but no new_state")
@@ -190,8 +229,8 @@ class Kind:
         missing = set(names) - set(self.formulas.grads)
         if missing:
             raise TypeError(f"layer kind {self.name!r}: no gradient formula for {sorted(missing)}")
-        if self.input_rank not in (1, 3):
-            raise TypeError(f"layer kind {self.name!r}: input_rank must be 1 or 3")
+        if self.input_rank not in (1, 3) or self.out_rank not in (1, 3):
+            raise TypeError(f"layer kind {self.name!r}: input_rank and output_rank must be 1 or 3")
 
 
 KINDS: dict[str, Kind] = {}
