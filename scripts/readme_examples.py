@@ -109,10 +109,20 @@ def _adam_without_bias_correction() -> dict:
             "diagnoses": graded["result"]["diagnoses"]}
 
 
+def _batchnorm_hinge() -> dict:
+    """The cs231n-style network of the layer kinds' section: its cost, the batchnorm layer's gradients and updated
+    running statistics, and dW1 in the weight layout sent."""
+    out = _post("/v1/gradients", _example("kinds/cs231n_batchnorm_hinge"))
+    g = out["gradients"]
+    return _round({"cost": out["cost"], "dW1": g["dW1"], "dgamma2": g["dgamma2"], "dbeta2": g["dbeta2"],
+                   "state": out["state"]})
+
+
 EXAMPLES = {
     "two_layer_sigmoid_bce": lambda: _round(_post("/v1/gradients", _example("two_layer_sigmoid_bce"))),
     "shape_error": _shape_error,
     "conv_pool_nhwc": _conv_pool_nhwc,
+    "batchnorm_hinge": _batchnorm_hinge,
     "step_layer_backward": lambda: _round(_post("/v1/layer/backward", _step("layer_backward"))),
     "step_cost": lambda: _round(_post("/v1/cost", _step("cost"))),
     "step_adam": lambda: _round(_post("/v1/optimizer-step", _step("adam"))),
