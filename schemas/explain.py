@@ -92,8 +92,8 @@ def explain_to_wire(story: explain_engine.Story, prep: Prepared, req: ExplainReq
     k, u = min(req.examples_shown, m), req.units_shown
 
     layouts = prep.layouts
-    # The parameters of the hidden step's layer (W2, gamma2, ...), for the ones whose wire form is an image
-    # layout's (conv2d's W): shown as the request holds them.
+    # The parameters of the hidden step's layer (W2, gamma2, ...), shown as the request holds them (dense W in
+    # its weight layout, conv2d's W in the image layout's form).
     params = {f"{p.name}{story.hidden_layer + 1}": p for p in prep.layers[story.hidden_layer].unit.params}
 
     def cut(name: str, v: Any, per_example: bool, full: tuple[int, ...] | None) -> tuple[Any, dict | None]:
@@ -106,7 +106,7 @@ def explain_to_wire(story: explain_engine.Story, prep: Prepared, req: ExplainReq
         elif per_example:  # (units, m) or (m,)
             part = v[..., :k] if v.ndim == 1 else v[:u, :k]
             flip = v.ndim == 2 and ex_first
-        elif v.ndim == 4 and name in params:  # conv2d's W (F, C, kh, kw): the first filters and channels
+        elif v.ndim in (2, 4) and name in params:  # W as sent (in_out: (n_in, n_out); conv2d's by image layout)
             wire = params[name].to_wire
             part, total = wire(v[:u, :u], None, layouts), wire(np.empty(total, dtype=np.bool_), None, layouts).shape
             flip = False

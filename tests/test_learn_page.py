@@ -211,6 +211,30 @@ def test_hover_shows_the_formula_with_its_numbers(tab, reference):
     tab.assert_clean()
 
 
+def test_weights_held_in_out_read_in_the_layout_sent(tab):
+    """weight_layout in_out with examples_first (cs231n's x, w, b): the same network as the example, so the same
+    numbers, each read from the arrays as sent (W2 is (3, 1), dZ2 (4, 1))."""
+    body = example("two_layer_sigmoid_bce")
+    body = {**body, "layout": "examples_first", "weight_layout": "in_out", "X": np.asarray(body["X"]).T.tolist(),
+            "Y": np.asarray(body["Y"]).T.tolist(),
+            "layers": [{**layer, "W": np.asarray(layer["W"]).T.tolist()} for layer in body["layers"]]}
+    page = tab.open()
+    page.locator("#paste summary").click()
+    page.locator("#body-text").fill(json.dumps(body))
+    page.locator("#load-body").click()
+    tab.wait(2)
+    tab.cell("#bwd-1", "dA1", "2,1").hover()
+    assert page.locator("#insp-text").inner_text() == "dA1[2,1] = W2[1,0]·dZ2[2,0] = (-0.8)·(-0.3592) = 0.2874"
+    assert "row 1 of W2" in page.locator("#insp-note").inner_text()
+    tab.cell("#bwd-1", "dW1", "1,0").hover()
+    assert page.locator("#insp-text").inner_text() == (
+        "dW1[1,0] = (1/m)·(dZ1[0,0]·X[0,1] + dZ1[1,0]·X[1,1] + dZ1[2,0]·X[2,1] + dZ1[3,0]·X[3,1]) = "
+        "(1/4)·((-0.07396)·0.5 + 0.09037·(-1.5) + (-0.05924)·2 + 0.1042·1) = -0.0467")
+    assert "(inputs × units)" in page.locator('#bwd-1 figure[data-array="dW1"]').inner_text()
+    assert "dA1 (4 × 3) = dZ2 (4 × 1) @ W2^T (1 × 3)" in page.locator("#why-hidden").inner_text()
+    tab.assert_clean()
+
+
 def test_check_my_numbers_diagnoses_a_planted_1_over_m(tab, reference):
     page = tab.open()
     body = example("two_layer_sigmoid_bce")

@@ -126,7 +126,8 @@ export const TEMPLATES = {
     const s = sum(terms);
     const b = ctx.at(`b${l}`, u);
     return {sym: `${s.sym} + ${ctx.lab(`b${l}`, u)}`, num: `${s.num} + ${par(ctx, b)}`,
-            note: `unit ${u}, example ${e}: W${l}'s row ${u} against example ${e} of ${A(l - 1)}, plus b${l}'s entry ${u}`};
+            note: `unit ${u}, example ${e}: W${l}'s ${ctx.weightsInOut ? 'column' : 'row'} ${u} against example ${e} of ` +
+                  `${A(l - 1)}, plus b${l}'s entry ${u}`};
   },
 
   A(ctx, name, [u, e], l) {
@@ -192,7 +193,8 @@ export const TEMPLATES = {
                   num: `${par(ctx, ctx.at(`W${l + 1}`, k, j))}·${par(ctx, ctx.at(`dZ${l + 1}`, k, e))}`});
     }
     const s = sum(terms);
-    const note = `(W${l + 1}^T dZ${l + 1}) at unit ${j}, example ${e}: column ${j} of W${l + 1} against example ${e} ` +
+    const line = ctx.weightsInOut ? 'row' : 'column';
+    const note = `(W${l + 1}^T dZ${l + 1}) at unit ${j}, example ${e}: ${line} ${j} of W${l + 1} against example ${e} ` +
                  `of dZ${l + 1}. No cost formula, only what flows back through the weights`;
     if (l >= 1 && ctx.layer(l).masked) {
       const D = ctx.lab(`D${l}`, j, e);

@@ -275,9 +275,12 @@ function shapesBox(h) {
   const W = `W${h + 1}`, dZ = `dZ${h + 1}`, dA = `dA${h}`;
   const sW = M.shape(W), sdZ = M.shape(dZ), sdA = M.shape(dA);
   if (!sW.length || !sdZ.length) return null;
+  // W as sent: (units, inputs), or (inputs, units) with weight_layout in_out; transposed where the product needs it.
+  const transposed = M.examplesFirst === M.weightsInOut;
+  const w = transposed ? `${W}^T (${shapeText([...sW].reverse())})` : `${W} (${shapeText(sW)})`;
   const text = M.examplesFirst
-    ? `${dA} (${shapeText(sdA)}) = ${dZ} (${shapeText(sdZ)}) @ ${W} (${shapeText(sW)})   [examples first: dZ W]`
-    : `${dA} (${shapeText(sdA)}) = ${W}^T (${shapeText([...sW].reverse())}) @ ${dZ} (${shapeText(sdZ)})`;
+    ? `${dA} (${shapeText(sdA)}) = ${dZ} (${shapeText(sdZ)}) @ ${w}   [examples first]`
+    : `${dA} (${shapeText(sdA)}) = ${w} @ ${dZ} (${shapeText(sdZ)})`;
   return el('p', {class: 'shapes', text: `Shapes: ${text}`});
 }
 

@@ -42,6 +42,9 @@ export function problemTargets(errors) {
 export function model(body, response, explain, info) {
   const L = body.layers.length;
   const ef = body.layout === 'examples_first';
+  // weight_layout in_out holds W (and dW) as (inputs, units): the logical [unit, input] is the sent [input, unit].
+  const wio = body.weight_layout === 'in_out';
+  const flipped = name => wio && /^d?W\d+$/.test(name);
   const values = new Map();
   const paths = new Map();
   values.set('X', body.X); paths.set('X', ['X']);
@@ -95,6 +98,7 @@ export function model(body, response, explain, info) {
     const kind = kindOf(name, v);
     if (kind === 'pe') return isMatrix(v) ? (ef ? v[j]?.[i] : v[i]?.[j]) : v[j];
     if (kind === 'b') return Array.isArray(v[i]) ? v[i][0] : v[i];
+    if (flipped(name) && isMatrix(v)) return v[j]?.[i];
     return isMatrix(v) ? v[i]?.[j] : Array.isArray(v) ? v[i] : v;
   }
   function lab(name, i, j) {
@@ -102,18 +106,20 @@ export function model(body, response, explain, info) {
     const kind = kindOf(name, v);
     if (kind === 'pe') return isMatrix(v) ? `${name}[${ef ? `${j},${i}` : `${i},${j}`}]` : `${name}[${j}]`;
     if (kind === 'b') return isMatrix(v) ? `${name}[${i},0]` : `${name}[${i}]`;
+    if (j !== undefined && flipped(name)) return `${name}[${j},${i}]`;
     return j === undefined ? `${name}[${i}]` : `${name}[${i},${j}]`;
   }
   function logical(name, idx) {
     const kind = kindOf(name);
     if (kind === 'pe') return idx.length === 2 ? (ef ? [idx[1], idx[0]] : idx) : [0, idx[0]];
     if (kind === 'b') return [idx[0]];
+    if (flipped(name) && idx.length === 2) return [idx[1], idx[0]];
     return idx;
   }
 
   function context(f) {
     return {
-      L, m, cost, layout: body.layout || 'features_first', canonical,
+      L, m, cost, layout: body.layout || 'features_first', canonical, weightsInOut: wio,
       mean: body.intermediates === 'mean', l2: body.l2 || 0, keepProb: body.dropout?.keep_prob, f,
       layer: l => layers[l - 1] || {dense: false, activation: null, masked: false},
       units, at, lab, logical,
@@ -140,7 +146,8 @@ export function model(body, response, explain, info) {
       if (!isMatrix(v)) return name === 'Y' && classIndices ? '(a class index per example)' : '(one per example)';
       return ef ? '(examples × units)' : '(units × examples)';
     }
-    if (kind === 'w') return name === 'jacobian_example_0' ? '(units × units, example 0)' : '(units × inputs)';
+    if (kind === 'w') return name === 'jacobian_example_0' ? '(units × units, example 0)'
+                             : flipped(name) ? '(inputs × units)' : '(units × inputs)';
     if (kind === 'b') return '(one per unit)';
     return '';
   }
@@ -169,7 +176,7 @@ export function model(body, response, explain, info) {
            `db${l} = ${pre}sum over examples of dZ${l}.`;
   }
 
-  return {L, m, cost, layers, examplesFirst: ef, value, explainValue, kindOf, units, axesText, optionsText,
+  return {L, m, cost, layers, examplesFirst: ef, weightsInOut: wio, value, explainValue, kindOf, units, axesText, optionsText,
           costFormula, backwardText, context, pathOf: name => paths.get(name),
           shape: name => shapeOf(any(name))};
 }
