@@ -25,7 +25,10 @@ class ActivationInfo(BaseModel):
 class CostInfo(BaseModel):
     name: str
     output_activations: Optional[list[str]] = Field(description="Output activations it pairs with; null: any.")
-    fused_activation: str = Field(description="The output activation for which dZ_L = A_L - Y exactly.")
+    fused_activation: str = Field(description="The output activation for which dZ_L simplifies exactly "
+                                              "(`fused_formula`).")
+    fused_formula: str = Field(description="dZ_L of that canonical pair, `{L}` standing for the last layer's "
+                                           "number: `A{L} - Y`.")
     formula: str
     dA_formula: str
     label_domain: str

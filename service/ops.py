@@ -75,7 +75,7 @@ def info():
                                     output_only=a.output_only) for a in ACTIVATIONS.values()],
         costs=[CostInfo(name=c.name, formula=c.formula, dA_formula=c.dA_formula, label_domain=c.label_domain,
                         output_domain=c.output_domain,
-                        fused_activation=c.fused_activation,
+                        fused_activation=c.fused_activation, fused_formula=c.fused_formula,
                         output_activations=None if c.output_activations is None else sorted(c.output_activations))
                for c in COSTS.values()],
         kinds=[kind_info(kind) for kind in KINDS.values()],

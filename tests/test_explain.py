@@ -261,3 +261,19 @@ def test_the_mean_conventions_one_over_m_multiplies_the_whole_derivative(post, c
     assert latex.endswith(r"\frac{1}{m}\left(" + COSTS[cost].dA_latex + r"\right)"), latex
     status, per_example = post({**body, "intermediates": "per_example"}, path="/v1/explain")
     assert steps_of(per_example)["dAL"]["latex"].endswith("= " + COSTS[cost].dA_latex)
+
+
+@pytest.mark.parametrize("cost", list(COSTS))
+def test_the_stability_step_tells_the_cost_its_own_breakdown(post, cost):
+    """Each canonical pair's step says where its own textbook chain rule fails (binary cross-entropy's 1 - A_L and
+    sigmoid's |z| > ~37 only for it), from the cost unit."""
+    unit = COSTS[cost]
+    body = network(4, cost, unit.fused_activation, ["tanh"])
+    if unit.class_indices:
+        body["Y"] = [0, 2, 1, 1, 0]
+    status, out = post(body, "/v1/explain")
+    assert status == 200, out
+    step = steps_of(out)["stability"]
+    assert step["latex"] == unit.breakdown_latex
+    assert step["text"].startswith("No entry here: " + unit.breakdown_none.format(L=2))
+    assert ("sigmoid" in step["text"]) == (cost == "binary_cross_entropy")

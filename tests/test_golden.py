@@ -5,7 +5,7 @@ Two differences are allowed, and only they: where pydantic lists the accepted va
 should be 'a', 'b' or 'c'"), the names registered since the recording (``ADDED``) are taken out of the new response
 before comparing (a body with an unknown cost is told every cost there is, the new ones included); and explain's
 LaTeX of dA_L under ``intermediates: mean``, which read 1/m - (...) for 1/m (...) when it was recorded and now has
-its parentheses (``FIXED_LATEX``).
+its parentheses, and its stability step, which spoke of binary cross-entropy for every cost (``FIXED_LATEX``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,12 @@ def _json_text(text: str) -> bytes:
 _DA = r"\frac{\partial \mathcal{L}}{\partial A^{[L]}} = \frac{1}{m}"
 FIXED_LATEX = [(_json_text(_DA + r"\left(" + c.dA_latex + r"\right)"), _json_text(_DA + c.dA_latex))
                for c in COSTS.values()]
+# Explain's stability step told every canonical pair binary cross-entropy's breakdown (1 - A_L, |z| above ~37 with
+# a sigmoid) when it was recorded; each cost now tells its own.
+_BCE = COSTS["binary_cross_entropy"]
+FIXED_LATEX += [(_json_text(c.breakdown_latex), _json_text(_BCE.breakdown_latex)) for c in COSTS.values()]
+FIXED_LATEX += [(_json_text(c.breakdown_none.format(L=L)), _json_text(_BCE.breakdown_none.format(L=L)))
+                for c in COSTS.values() for L in range(1, 10)]
 
 
 def _as_recorded(body: bytes) -> bytes:

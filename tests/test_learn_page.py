@@ -235,6 +235,23 @@ def test_weights_held_in_out_read_in_the_layout_sent(tab):
     tab.assert_clean()
 
 
+def test_a_hinge_network_is_told_its_own_simplification(tab):
+    """multiclass_hinge's canonical pair is the linear output: dZ_L = dA_L, not A_L - Y (examples/kinds)."""
+    body = json.loads((Path(__file__).parent.parent / "service" / "examples" / "kinds" /
+                       "cs231n_batchnorm_hinge.json").read_text())
+    page = tab.open()
+    page.locator("#paste summary").click()
+    page.locator("#body-text").fill(json.dumps(body))
+    page.locator("#load-body").click()
+    tab.wait(2)
+    assert "dZ3 = dA3 · g'(Z3) = dA3." in page.locator("#why-answer").inner_text()
+    table = page.locator("#step-dZL_fused table.collapse")
+    assert "the chain rule's product equals dA3" in table.locator("caption").inner_text()
+    assert "dA3 = dZ3" in table.locator("thead").inner_text() and "A - Y" not in table.inner_text()
+    assert "sigmoid" not in page.locator("#step-stability").inner_text()
+    tab.assert_clean()
+
+
 def test_check_my_numbers_diagnoses_a_planted_1_over_m(tab, reference):
     page = tab.open()
     body = example("two_layer_sigmoid_bce")

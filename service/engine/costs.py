@@ -32,7 +32,8 @@ class Cost:
     The course's own forms, evaluated literally from the rounded A_L (grading accepts answers that match them
     where they lose digits; explain shows where they break down): ``textbook_loss(A, Y)`` per entry,
     ``textbook_dA(A, Y)``, ``textbook_dZ(A, Y)`` (the canonical pair's chain rule), and ``unstable_reason(A, Y,
-    k, i)``, why entry (k, i) of that chain rule is inaccurate.
+    k, i)``, why entry (k, i) of that chain rule is inaccurate; ``breakdown_latex`` where it fails and
+    ``breakdown_none`` why no entry fails when none does (explain's stability step).
     """
 
     name: str
@@ -54,6 +55,8 @@ class Cost:
     textbook_dA: Callable[[Array, Array], Array]
     textbook_dZ: Callable[[Array, Array], Array]
     unstable_reason: Callable[[Array, Array, int, int], str]
+    breakdown_latex: str  # where the textbook chain rule fails, for explain
+    breakdown_none: str  # why no entry fails here, with {L}: "A{L} is nowhere close enough to 0 or 1 ..."
     class_indices: bool  # whether labels may come as m class indices (made one-hot at the edge)
     # The cost of a given output A_L (POST /v1/cost with AL, the course's compute_cost(AL, Y)): A_L is taken as
     # exact, with 0 log 0 = 0. ``output_loss(A, Y)`` per example (m,), ``output_dA(A, Y)``, the canonical pair's
@@ -72,7 +75,7 @@ class Cost:
             if not callable(getattr(self, name)):
                 raise TypeError(f"cost {self.name!r}: {name} must be a function")
         for name in ("title", "formula", "dA_formula", "label_domain", "formula_latex", "dA_latex", "fused_formula",
-                     "fused_latex", "output_domain"):
+                     "fused_latex", "output_domain", "breakdown_latex", "breakdown_none"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise TypeError(f"cost {self.name!r}: {name} must be a non-empty text")
 
@@ -201,6 +204,9 @@ register(Cost(
     textbook_dA=_quiet(lambda A, Y: -(Y / A - (1 - Y) / (1 - A))),
     textbook_dZ=_quiet(lambda A, Y: -(Y / A - (1 - Y) / (1 - A)) * A * (1 - A)),
     unstable_reason=_bce_unstable,
+    breakdown_latex=r"\frac{1-Y}{1-A^{[L]}} \to \frac{0}{0} \text{ or } \infty \text{ when } A^{[L]} = 1",
+    breakdown_none="A{L} is nowhere close enough to 0 or 1 for the textbook chain rule to fail (it would for |z| "
+                   "above ~37 with a sigmoid)",
     class_indices=False,
     output_loss=lambda A, Y: -np.sum(_weighted_log(Y, A) + _weighted_log(1.0 - Y, 1.0 - A), axis=0),
     output_dA=lambda A, Y: _inverse(1.0 - Y, 1.0 - A) - _inverse(Y, A),
@@ -286,6 +292,9 @@ register(Cost(
     textbook_dA=_quiet(lambda A, Y: -Y / A),
     textbook_dZ=_quiet(_cce_textbook_dZ),
     unstable_reason=_cce_unstable,
+    breakdown_latex=r"-\frac{Y}{A^{[L]}} \to \infty \text{ when } A^{[L]} = 0",
+    breakdown_none="no probability of a labelled class in A{L} is close enough to 0 for the textbook chain rule "
+                   "through -Y/A{L} to fail",
     class_indices=True,
     output_loss=lambda A, Y: -np.sum(_weighted_log(Y, A), axis=0),
     output_dA=lambda A, Y: -_inverse(Y, A),
@@ -322,6 +331,8 @@ register(Cost(
     textbook_dA=_quiet(lambda A, Y: A - Y),
     textbook_dZ=_quiet(lambda A, Y: A - Y),
     unstable_reason=lambda A, Y, k, i: _CLOSE,
+    breakdown_latex=r"dZ^{[L]} = A^{[L]} - Y \text{ itself: nothing divides}",
+    breakdown_none="with the linear output the chain rule is A{L} - Y itself, with no division that could fail",
     class_indices=False,
     output_loss=lambda A, Y: _mse_loss(A, A, Y),
     output_dA=lambda A, Y: A - Y,
@@ -370,6 +381,8 @@ register(Cost(
     textbook_dA=_quiet(lambda A, Y: _hinge_dA(A, A, Y)),
     textbook_dZ=_quiet(lambda A, Y: _hinge_dA(A, A, Y)),
     unstable_reason=lambda A, Y, k, i: "a margin of exactly 0, where the hinge has no derivative (0 is used)",
+    breakdown_latex=r"\max\left(0,\ z_j - z_y + 1\right) \text{ has no derivative where } z_j - z_y + 1 = 0",
+    breakdown_none="no margin z_j - z_y + 1 is exactly 0, where the hinge has no derivative (0 is used there)",
     class_indices=True,
     output_loss=lambda A, Y: np.sum(_margins(A, Y), axis=0),
     output_dA=lambda A, Y: _hinge_dA(A, A, Y),

@@ -183,11 +183,9 @@ def explain(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
                     f"textbook writes it from the rounded A{L}, is infinite, NaN or inaccurate, while {fused_form} stays "
                     f"exact: the fused form never divides by A{L} or 1 - A{L}.")
         else:
-            text = (f"No entry here: A{L} is nowhere close enough to 0 or 1 for the textbook chain rule to fail "
-                    f"(it would for |z| above ~37 with a sigmoid), and {fused_form} is exact anyway.")
-        steps.append(Step("stability", "Where the chain-rule form breaks down", text,
-                          r"\frac{1-Y}{1-A^{[L]}} \to \frac{0}{0} \text{ or } \infty \text{ when } A^{[L]} = 1",
-                          values, entries=listed))
+            text = f"No entry here: {unit.breakdown_none.format(L=L)}, and {fused_form} is exact anyway."
+        steps.append(Step("stability", "Where the chain-rule form breaks down", text, unit.breakdown_latex, values,
+                          entries=listed))
     else:
         fused = AL - Y if intermediates == "per_example" else (AL - Y) / m
         steps.append(Step(

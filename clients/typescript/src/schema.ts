@@ -773,9 +773,14 @@ export interface components {
             output_activations: string[] | null;
             /**
              * Fused Activation
-             * @description The output activation for which dZ_L = A_L - Y exactly.
+             * @description The output activation for which dZ_L simplifies exactly (`fused_formula`).
              */
             fused_activation: string;
+            /**
+             * Fused Formula
+             * @description dZ_L of that canonical pair, `{L}` standing for the last layer's number: `A{L} - Y`.
+             */
+            fused_formula: string;
             /** Formula */
             formula: string;
             /** Da Formula */

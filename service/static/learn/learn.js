@@ -259,14 +259,14 @@ function answerText(ex, M) {
   const out = `${ex.output_activation} + ${ex.cost}`;
   const last = ex.canonical
     ? `At the last layer the cost is a formula of A${L} itself, so dA${L} comes from the cost, and for ${out} its ` +
-      `factors cancel g'(Z${L}) entry by entry: dZ${L} = dA${L} · g'(Z${L}) = A${L} - Y.`
+      `factors cancel g'(Z${L}) entry by entry: dZ${L} = dA${L} · g'(Z${L}) = ${M.fusedText}.`
     : `At the last layer dA${L} comes from the cost's formula, but ${out} is not a canonical pair, so dZ${L} = ` +
       `dA${L} · g'(Z${L}) keeps both factors and A${L} - Y would be wrong.`;
   const hid = h ? ` A hidden activation A${h} appears in no formula of the cost: it reaches J only through ` +
                   `Z${h + 1} = W${h + 1} A${h} + b${h + 1}, so dA${h} = W${h + 1}^T dZ${h + 1}, then dZ${h} = dA${h} · g'(Z${h}).`
                 : ' This network has no hidden layer; the input gets dA0 = W1^T dZ1 by the hidden rule.';
   const unstable = ex.unstable_count ? ` Here ${ex.unstable_count} entries show where the chain-rule form, ` +
-                   `evaluated from the rounded A${L}, breaks down while A${L} - Y stays exact.` : '';
+                   `evaluated from the rounded A${L}, breaks down while ${M.fusedText} stays exact.` : '';
   return last + hid + ' One formula cannot serve both: the cost touches only the last layer.' + unstable;
 }
 
@@ -318,7 +318,7 @@ function collapseTable(stepId) {
   const cols = [[`dA${L}`, 'dA'], [`g_prime_Z${L}`, "g'(Z)"],
                 [`dZ${L}_chain_rule`, softmax ? 'chain rule (softmax VJP)' : "dA · g'(Z)"],
                 [`A${L}`, 'A'], ['Y', 'Y'],
-                stepId === 'dZL_fused' ? [`dZ${L}`, `A - Y = dZ${L}`] : [`A${L}_minus_Y`, 'A - Y (wrong here)']];
+                stepId === 'dZL_fused' ? [`dZ${L}`, `${M.fusedText} = dZ${L}`] : [`A${L}_minus_Y`, 'A - Y (wrong here)']];
   if (stepId === 'no_simplification') cols.push([`dZ${L}`, `dZ${L} (true)`]);
   const present = cols.filter(([n]) => M.explainValue(n) !== undefined);
   const first = M.explainValue(`dZ${L}_chain_rule`);
@@ -326,7 +326,7 @@ function collapseTable(stepId) {
   const g = grid(first);
   const table = el('table', {class: 'collapse', role: 'grid'},
     el('caption', {text: `Entry by entry (first ${Math.min(8, g.rows * g.cols)} of the ${shapeText(g.shape)} shown)` +
-                         (ex.canonical ? `: the chain rule's product equals A${L} - Y` : '')}),
+                         (ex.canonical ? `: the chain rule's product equals ${M.fusedText}` : '')}),
     el('thead', {}, el('tr', {}, el('th', {scope: 'col', text: 'entry'}),
                        ...present.map(([, t]) => el('th', {scope: 'col', text: t})))));
   const body = el('tbody');

@@ -176,7 +176,9 @@ export function model(body, response, explain, info) {
            `db${l} = ${pre}sum over examples of dZ${l}.`;
   }
 
-  return {L, m, cost, layers, examplesFirst: ef, weightsInOut: wio, value, explainValue, kindOf, units, axesText, optionsText,
+  // The canonical pair's dZ_L in short ("A2 - Y", "dA2"), from /v1's costs.
+  const fusedText = (costInfo?.fused_formula || 'A{L} - Y').replaceAll('{L}', String(L)).split(' (')[0];
+  return {L, m, cost, layers, examplesFirst: ef, weightsInOut: wio, fusedText, value, explainValue, kindOf, units, axesText, optionsText,
           costFormula, backwardText, context, pathOf: name => paths.get(name),
           shape: name => shapeOf(any(name))};
 }
