@@ -252,6 +252,40 @@ def test_a_hinge_network_is_told_its_own_simplification(tab):
     tab.assert_clean()
 
 
+def test_an_image_network_is_drawn_with_its_image_shapes(tab, reference):
+    """An NHWC conv network (examples/images): the input as m images, every 4-D array as numpy prints it (one row
+    per leading index, the last axis across), each entry the service's number at its full index."""
+    body = json.loads((Path(__file__).parent.parent / "service" / "examples" / "images" /
+                       "conv_pool_nhwc.json").read_text())
+    page = tab.open()
+    page.locator("#paste summary").click()
+    page.locator("#body-text").fill(json.dumps(body))
+    page.locator("#load-body").click()
+    tab.wait(2)
+    assert "2 images, 4 × 4 × 1 (NHWC)" in page.locator("#diagram").inner_text()
+    assert "image_layout: NHWC" in page.locator("#diagram .options").inner_text()
+    grads = reference(body)["gradients"]
+    dA2 = np.asarray(grads["dA2"])
+    assert dA2.shape == (2, 2, 2, 2)
+    figure = page.locator('#bwd-2 figure[data-array="dA2"]')
+    assert "2 × 2 × 2 × 2 (m × H × W × C)" in figure.locator("figcaption").inner_text()
+    for idx, v in np.ndenumerate(dA2):
+        assert float(tab.cell("#bwd-2", "dA2", ",".join(map(str, idx))).get_attribute("data-value")) == v
+    assert figure.locator("tbody tr").count() == 8 and figure.locator("tbody th").first.inner_text() == "0,0,0"
+    assert "(kh × kw × C × F)" in page.locator('#fwd-1 figure[data-array="W1"] figcaption').inner_text()
+    assert "(m × " not in page.locator('#fwd-1 figure[data-array="b1"] figcaption').inner_text()
+    # An entry of the image batch is edited at its full index and the service recomputes.
+    pixel = page.locator('#fwd-0 figure[data-array="X"] input[data-idx="0,1,2,0"]')
+    pixel.fill("5")
+    pixel.press("Enter")
+    tab.wait(3)
+    body["X"][0][1][2][0] = 5.0
+    assert page.locator("#status").inner_text().startswith("Recomputed by the service after X[0,1,2,0] changed")
+    assert float(tab.cell("#bwd-2", "dA2", "0,0,0,0").get_attribute("data-value")) == \
+        np.asarray(reference(body)["gradients"]["dA2"])[0, 0, 0, 0]
+    tab.assert_clean()
+
+
 def test_check_my_numbers_diagnoses_a_planted_1_over_m(tab, reference):
     page = tab.open()
     body = example("two_layer_sigmoid_bce")

@@ -14,8 +14,32 @@ export function grid(value, column = false) {
       ? {rows: n, cols: 1, get: r => value[r], idx: r => [r], shape: [n]}
       : {rows: 1, cols: n, get: (r, c) => value[c], idx: (r, c) => [c], shape: [n]};
   }
+  const shape = shapeOfValue(value);
+  if (shape.length >= 3) return blocks(value, shape);
   const rows = value.length, cols = rows ? value[0].length : 0;
   return {rows, cols, get: (r, c) => value[r][c], idx: (r, c) => [r, c], shape: [rows, cols]};
+}
+
+export function shapeOfValue(value) {
+  const shape = [];
+  for (let v = value; Array.isArray(v); v = v[0]) shape.push(v.length);
+  return shape;
+}
+
+// An array of rank 3 or more (an image batch, a conv kernel) as numpy prints it: one row per index of all the
+// axes but the last (labelled by that index), the last axis across.
+function blocks(value, shape) {
+  const lead = shape.slice(0, -1), cols = shape[shape.length - 1];
+  const rows = lead.reduce((a, b) => a * b, 1);
+  const unravel = r => {
+    const out = new Array(lead.length);
+    for (let k = lead.length - 1; k >= 0; k--) { out[k] = r % lead[k]; r = Math.floor(r / lead[k]); }
+    return out;
+  };
+  const at = idx => idx.reduce((o, i) => o?.[i], value);
+  return {rows, cols, shape, get: (r, c) => at([...unravel(r), c]), idx: (r, c) => [...unravel(r), c],
+          rowLabel: r => unravel(r).join(','),
+          rc: idx => [idx.slice(0, -1).reduce((acc, i, k) => acc * lead[k] + i, 0), idx[idx.length - 1]]};
 }
 
 export const shapeText = shape => (shape.length ? shape.join(' × ') : 'a number');
@@ -72,14 +96,15 @@ function renderTable(figure, spec, g, compare) {
   let changed = 0;
   if (g.shape.length) {
     const head = el('tr', {}, el('td', {class: 'corner', 'aria-hidden': 'true'}));
-    for (let c = 0; c < g.cols; c++) head.append(el('th', {scope: 'col', text: g.shape.length === 2 || g.rows === 1 ? String(c) : ''}));
+    for (let c = 0; c < g.cols; c++) head.append(el('th', {scope: 'col', text: g.shape.length >= 2 || g.rows === 1 ? String(c) : ''}));
     table.append(el('thead', {}, head));
   }
   const body = el('tbody');
   let first = true;
   for (let r = 0; r < g.rows; r++) {
     const tr = el('tr');
-    if (g.shape.length) tr.append(el('th', {scope: 'row', text: g.shape.length === 2 || g.cols === 1 ? String(r) : ''}));
+    if (g.shape.length) tr.append(el('th', {scope: 'row', text: g.rowLabel ? g.rowLabel(r) :
+                                                g.shape.length === 2 || g.cols === 1 ? String(r) : ''}));
     for (let c = 0; c < g.cols; c++) {
       const v = g.get(r, c), idx = g.idx(r, c);
       const label = `${spec.name}[${idx.join(',')}]`;
@@ -252,6 +277,7 @@ function renderHeatmap(figure, spec, g, compare) {
 }
 
 function rcOf(g, idx) {
+  if (g.rc && idx.length === g.shape.length) return g.rc(idx);
   if (idx.length === 2) return [idx[0], idx[1]];
   if (idx.length === 1) return g.rows === 1 ? [0, idx[0]] : [idx[0], 0];
   return [0, 0];

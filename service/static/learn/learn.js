@@ -192,7 +192,9 @@ function exampleLabel(ex) {
 function renderDiagram() {
   const M = S.model, info = S.info;
   const items = [el('li', {}, el('strong', {}, el('a', {href: '#fwd-0', text: 'Input X = A0'})),
-                    el('span', {class: 'shape', text: `${M.units(0)} features × ${M.m} examples`}))];
+                    el('span', {class: 'shape', text: M.imageLayout
+                      ? `${M.m} images, ${shapeText(M.shape('X').slice(1))} (${M.imageLayout})`
+                      : `${M.units(0)} features × ${M.m} examples`}))];
   for (const layer of M.layers) {
     const acts = info.activations.filter(a => !a.output_only || layer.l === M.L).map(a => a.name);
     const select = layer.activation === undefined ? null :
@@ -200,7 +202,7 @@ function renderDiagram() {
          ...acts.map(a => el('option', {value: a, text: a, selected: a === layer.activation})));
     select?.addEventListener('change', () => changeBody(b => { b.layers[layer.l - 1].activation = select.value; },
                                                         {name: `the activation of layer ${layer.l}`, idx: []}));
-    const params = layer.params.map(p => `${p}${layer.l} ${shapeText(grid(S.body.layers[layer.l - 1][p]).shape)}`);
+    const params = layer.params.map(p => `${p}${layer.l} ${shapeText(M.shape(`${p}${layer.l}`))}`);
     items.push(el('li', {class: layer.l === M.L ? 'out' : ''},
       el('strong', {}, el('a', {href: `#fwd-${layer.l}`, text: `Layer ${layer.l}${layer.l === M.L ? ' (output)' : ''}`})),
       el('span', {class: 'meta', text: layer.type}), select ? el('label', {}, 'activation ', select) : null,

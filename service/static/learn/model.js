@@ -2,10 +2,12 @@
 // caches) and the /v1/explain story, every array under its course name (X, Y, W1, b1, Z1, A1, dW1, dgamma2, ...),
 // with the index and layout rules the formulas need. Nothing here computes a number of the network.
 
+import {shapeOfValue} from './arrays.js';
+
 const PER_EXAMPLE = /^(X|Y|AL|loss|D\d+|Z\d+|A\d+|dZ\d+|dA\d+|g_prime_Z\d+|dZ\d+_chain_rule|A\d+_minus_Y)$/;
 
 const isMatrix = v => Array.isArray(v) && v.length > 0 && Array.isArray(v[0]);
-const shapeOf = v => (!Array.isArray(v) ? [] : isMatrix(v) ? [v.length, v[0].length] : [v.length]);
+const shapeOf = shapeOfValue;
 
 // Gradient keys grouped by layer number, from L down to 0: [[l, [keys]]]; within a layer dA, dZ, then the
 // parameters' gradients in the response's order. Keys with no layer number come last, as layer null.
@@ -68,7 +70,9 @@ export function model(body, response, explain, info) {
   const value = name => values.get(name);
   const explainValue = name => explained.get(name);
   const any = name => (values.has(name) ? values.get(name) : explained.get(name));
-  const m = ef ? body.X.length : body.X[0].length;
+  // An image batch (m, C, H, W) or (m, H, W, C) has its examples first whatever `layout` says.
+  const imageLayout = shapeOf(body.X).length === 4 ? (body.image_layout || 'NCHW') : null;
+  const m = ef || imageLayout ? body.X.length : body.X[0].length;
   const cost = body.cost;
   const costInfo = info.costs.find(c => c.name === cost);
 
@@ -141,6 +145,10 @@ export function model(body, response, explain, info) {
   }
 
   function axesText(name, v = any(name)) {
+    const rank = shapeOf(v).length;
+    if (rank === 4 && /^d?W\d+$/.test(name)) return imageLayout === 'NHWC' ? '(kh × kw × C × F)' : '(F × C × kh × kw)';
+    if (rank === 4 && PER_EXAMPLE.test(name)) return imageLayout === 'NHWC' ? '(m × H × W × C)' : '(m × C × H × W)';
+    if (rank > 2) return '';
     const kind = kindOf(name, v);
     if (kind === 'pe') {
       if (!isMatrix(v)) return name === 'Y' && classIndices ? '(a class index per example)' : '(one per example)';
@@ -154,6 +162,8 @@ export function model(body, response, explain, info) {
 
   function optionsText() {
     const parts = [`layout: ${body.layout || 'features_first'}`, `intermediates: ${body.intermediates || 'per_example'}`];
+    if (imageLayout) parts.splice(1, 0, `image_layout: ${imageLayout}`);
+    if (wio) parts.splice(1, 0, 'weight_layout: in_out');
     if (body.l2) parts.push(`L2 lambda = ${body.l2}`);
     if (body.dropout) parts.push(`dropout keep_prob = ${body.dropout.keep_prob} on the hidden layers`);
     return parts.join(' · ');
@@ -178,7 +188,7 @@ export function model(body, response, explain, info) {
 
   // The canonical pair's dZ_L in short ("A2 - Y", "dA2"), from /v1's costs.
   const fusedText = (costInfo?.fused_formula || 'A{L} - Y').replaceAll('{L}', String(L)).split(' (')[0];
-  return {L, m, cost, layers, examplesFirst: ef, weightsInOut: wio, fusedText, value, explainValue, kindOf, units, axesText, optionsText,
+  return {L, m, cost, layers, examplesFirst: ef, weightsInOut: wio, imageLayout, fusedText, value, explainValue, kindOf, units, axesText, optionsText,
           costFormula, backwardText, context, pathOf: name => paths.get(name),
           shape: name => shapeOf(any(name))};
 }
