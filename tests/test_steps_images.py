@@ -1,0 +1,280 @@
+"""The one-step routes on the image kinds, through HTTP: /v1/layer/forward, /v1/layer/backward and
+/v1/network/backward against torch float64 (tests/oracle_images.py's builders), the fed-back response graded full
+marks by /v1/grade, the kinds' mistakes diagnosed, bad inputs as located 422s, and the courses' published conv and
+pooling values (cs231n's conv_forward_naive, max_pool_forward_naive, spatial batchnorm; deeplearning.ai C4W1's
+conv_forward, conv_backward, pool_forward, pool_backward) each in one request.
+
+Each image kind of the registry (``input_rank`` 3) gets >= 100 seeded cases per route, spread over both image
+layouts (seed % 2), both layouts (flatten's output), rectangular images and kernels, strides and padding, max
+pooling's two tie policies (integer inputs a third of the time, so that windows hold ties), m = 1 upwards, and for
+the backward dA or dZ with, half of the time, a cached Z drawn independently of the layer of A_prev. The oracle
+raises KeyError for a kind it does not know: a kind added to the registry fails here until it is covered.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import torch
+
+from service.app import create_app
+from service.engine import KINDS
+from tests import step_oracle as so
+from tests.oracle import HIDDEN_ACTIVATIONS, torch_activation
+from tests.oracle_images import ImageCase, _conv, _layer_forward, _norm, _pool
+
+IMAGE_KINDS = [name for name, kind in KINDS.items() if kind.input_rank == 3]
+N_CASES = 100
+DATA = Path(__file__).parent / "data" / "published"
+SLOPE = 0.01  # the service's default negative_slope (the oracle's torch_activation uses it as given)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    with so.torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def send():
+    """send(path, body, **settings) -> (status, parsed body); one app per settings for the module."""
+    clients: dict = {}
+
+    def _send(path: str, body: dict, **settings):
+        key = tuple(sorted(settings.items()))
+        if key not in clients:
+            clients[key] = create_app(settings or None).test_client()
+        r = clients[key].post(path, data=orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+                              content_type="application/json")
+        return r.status_code, orjson.loads(r.data)
+
+    return _send
+
+
+# --- the cases ---------------------------------------------------------------------------------------------------
+
+def _spec(rng, kind: str, shape, image_layout: str, m: int) -> tuple[dict, tuple[int, ...]]:
+    """A random oracle spec of ``kind`` on (C, H, W) inputs and its output's feature shape (oracle_images'
+    builders; every kind gets a random activation here, which the one-step routes allow)."""
+    if kind == "conv2d":
+        spec, out = _conv(rng, shape, image_layout)
+    elif kind in ("maxpool2d", "avgpool2d"):
+        spec, out = _pool(rng, shape, kind)
+    elif kind in ("spatial_batchnorm", "groupnorm"):
+        spec, out = _norm(rng, shape, kind, image_layout, m)
+    elif kind == "flatten":
+        spec = {"type": "flatten", "hyper": {}, "params": {}, "sent": {}, "channels_last": image_layout == "NHWC"}
+        out = (int(np.prod(shape)),)
+    else:
+        raise KeyError(kind)
+    spec["activation"] = str(rng.choice(HIDDEN_ACTIVATIONS))
+    return spec, out
+
+
+def _forward_np(spec: dict, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        Z = _layer_forward(spec, so.tt(A), {k: so.tt(v) for k, v in spec["params"].items()})
+        return so.npy(Z), so.npy(torch_activation(spec["activation"], Z, SLOPE))
+
+
+class StepCase:
+    """One /v1/layer/forward or /v1/layer/backward request on an image kind: the oracle's spec, A_prev (m, C, H, W)
+    and the upstream arrays in the oracle's form (images NCHW, vectors features first); ``wire`` renders them as
+    the request's layouts hold them (an ImageCase of the one layer does the conversions)."""
+
+    def __init__(self, seed: int, kind: str, backward: bool):
+        rng = np.random.default_rng([seed, 31, IMAGE_KINDS.index(kind), int(backward)])
+        self.seed, self.kind = seed, kind
+        image_layout = ("NCHW", "NHWC")[seed % 2]
+        layout = ("features_first", "examples_first")[(seed // 2) % 2]
+        self.m = 1 if rng.random() < 0.2 else int(rng.integers(2, 6))
+        shape = (int(rng.integers(1, 5)), int(rng.integers(3, 9)), int(rng.integers(3, 9)))
+        for _ in range(50):  # sigmoid and tanh kept off saturation, as tests/oracle_images.py does
+            self.spec, self.out_shape = _spec(rng, kind, shape, image_layout, self.m)
+            self.ties = bool(rng.random() < 0.35)
+            self.A_prev = rng.integers(-2, 3, (self.m, *shape)).astype(float) if self.ties else \
+                rng.normal(0, 1, (self.m, *shape))
+            Z, _ = _forward_np(self.spec, self.A_prev)
+            if self.spec["activation"] not in ("sigmoid", "tanh") or np.abs(Z).max() <= 6:
+                break
+        self.case = ImageCase(seed, self.m, [self.spec], self.A_prev, np.zeros((1, self.m)), "mean_squared_error",
+                              image_layout, layout, "per_example")
+        self.dA = self.dZ = self.Z = None
+        self.intermediates, self.l2 = None, 0.0
+        if backward:
+            out = Z.shape
+            if rng.random() < 0.5:
+                self.dZ = rng.normal(0, 1, out)
+            else:
+                self.dA = rng.normal(0, 1, out)
+                if rng.random() < 0.5:  # an inconsistent cache: Z not the layer of A_prev
+                    self.Z = rng.normal(0, 1.5, out)
+            self.intermediates = str(rng.choice(["per_example", "mean"])) if rng.random() < 0.8 else None
+            self.l2 = float(rng.uniform(0, 1)) if rng.random() < 0.4 else 0.0
+
+    @property
+    def image_layout(self) -> str:
+        return self.case.image_layout
+
+    def wire(self, a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.case.wire(a))
+
+    def body(self) -> dict:
+        out: dict[str, Any] = {"layer": self.case.request()["layers"][0], "A_prev": self.wire(self.A_prev),
+                               "image_layout": self.image_layout, "layout": self.case.layout}
+        for name in ("dA", "dZ", "Z"):
+            if getattr(self, name) is not None:
+                out[name] = self.wire(getattr(self, name))
+        if self.intermediates is not None:
+            out["intermediates"] = self.intermediates
+        if self.l2:
+            out["l2"] = self.l2
+        return out
+
+
+def _stats(spec: dict, x: np.ndarray) -> dict[str, np.ndarray]:
+    """What a norm's cache holds, from the definitions (numpy, in the oracle's form): spatial batchnorm per channel
+    (C,) over the examples and pixels (test mode: the running statistics), group norm per example and group
+    (m, G); std = sqrt(var + eps); xhat (m, C, H, W)."""
+    h, m, C = spec["hyper"], x.shape[0], x.shape[1]
+    eps = h.get("eps", 1e-5)
+    if spec["type"] == "spatial_batchnorm":
+        if h.get("mode", "train") == "test":
+            mean, var = spec["state"]["running_mean"], spec["state"]["running_var"]
+        else:
+            mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+        std = np.sqrt(var + eps)
+        xhat = (x - mean.reshape(1, C, 1, 1)) / std.reshape(1, C, 1, 1)
+        return {"xhat": xhat, "mean": mean, "var": var, "std": std}
+    G = h["groups"]
+    g = x.reshape(m, G, -1)
+    mean, var = g.mean(axis=2), g.var(axis=2)
+    std = np.sqrt(var + eps)
+    xhat = ((g - mean[..., None]) / std[..., None]).reshape(x.shape)
+    return {"xhat": xhat, "mean": mean, "var": var, "std": std}
+
+
+def check_forward(c: StepCase, body: dict) -> None:
+    Z, A = _forward_np(c.spec, c.A_prev)
+    so.assert_close(body["Z"], c.wire(Z), "Z")
+    so.assert_close(body["A"], c.wire(A), "A")
+    want: dict[str, np.ndarray] = {}
+    if c.kind in ("spatial_batchnorm", "groupnorm"):
+        for name, v in _stats(c.spec, c.A_prev).items():
+            # per channel in gamma's shape as sent; xhat in the image layout; group norm's (m, G) as they are
+            want[name] = c.wire(v) if v.ndim == 4 else (v.reshape(c.spec["sent"]["gamma"]) if v.ndim == 1 else v)
+    assert set(body["cache"]) == set(want), (sorted(body["cache"]), sorted(want))
+    for name, v in want.items():
+        so.assert_close(body["cache"][name], v, f"cache.{name}")
+    if c.kind == "spatial_batchnorm":
+        from tests.oracle_images import _state
+        for name, v in _state(c.spec, c.A_prev).items():
+            sent = c.spec["sent"].get(name, (v.size,)) if name in c.spec.get("state", {}) else (v.size,)
+            so.assert_close(body["state"][name], v.reshape(sent), f"state.{name}")
+    else:
+        assert body.get("state") is None
+
+
+def oracle_backward(c: StepCase) -> dict[str, np.ndarray]:
+    """dA_prev, dZ and each parameter's gradient (oracle form) by autograd; with a cached Z, dZ from g's VJP at
+    that Z, then the kind's VJP at A_prev (the two need not be consistent)."""
+    x = so.tt(c.A_prev, grad=True)
+    P = {k: so.tt(v, grad=True) for k, v in c.spec["params"].items()}
+    Zt = _layer_forward(c.spec, x, P)
+    if c.dZ is not None:
+        used = so.tt(c.dZ)
+    else:
+        Zs = so.tt(so.npy(Zt) if c.Z is None else c.Z, grad=True)
+        torch_activation(c.spec["activation"], Zs, SLOPE).backward(so.tt(c.dA))
+        used = Zs.grad
+    Zt.backward(used)
+    out = {"dA_prev": so.npy(x.grad), "dZ": so.npy(used)}
+    for name, p in P.items():
+        g = p.grad / c.m if (c.intermediates or "per_example") == "per_example" else p.grad.clone()
+        if c.l2 and c.kind == "conv2d" and name == "W":  # the parameter L2 acts on
+            g = g + c.l2 / c.m * so.tt(c.spec["params"]["W"])
+        out[f"d{name}"] = so.npy(g)
+    return out
+
+
+def _term_scale(c: StepCase, dZ: np.ndarray) -> float:
+    """The size of the terms a norm's dA_prev is summed from, |gamma| |dZ| / std (an entry that cancels keeps
+    their rounding); 0 for the other kinds."""
+    if c.kind not in ("spatial_batchnorm", "groupnorm"):
+        return 0.0
+    std = _stats(c.spec, c.A_prev)["std"]
+    return float(np.max(np.abs(c.spec["params"]["gamma"])) * np.max(np.abs(dZ)) / np.min(std))
+
+
+def check_backward(c: StepCase, body: dict) -> None:
+    ref = oracle_backward(c)
+    assert set(body) == set(ref), (sorted(body), sorted(ref))
+    so.assert_close(body["dZ"], c.wire(ref["dZ"]), "dZ")
+    so.assert_close(body["dA_prev"], c.wire(ref["dA_prev"]), "dA_prev", scale=_term_scale(c, ref["dZ"]))
+    for name in c.spec["params"]:
+        so.assert_close(body[f"d{name}"], c.case.wire_param(c.spec, name, ref[f"d{name}"]), f"d{name}")
+
+
+def _run(send, path: str, cases, check) -> None:
+    failures = []
+    for c in cases:
+        status, body = send(path, c.body())
+        try:
+            assert status == 200, body
+            check(c, body)
+        except AssertionError as exc:
+            failures.append(f"seed {c.seed}: {exc}")
+    assert not failures, f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(failures[:10])
+
+
+def _coverage(cases: list[StepCase]) -> None:
+    """The spread the module docstring promises, so that a generator change cannot quietly narrow it."""
+    assert {c.image_layout for c in cases} == {"NCHW", "NHWC"}
+    assert sum(c.m == 1 for c in cases) >= 5 and sum(c.m > 1 for c in cases) >= 50
+    assert sum(c.A_prev.shape[2] != c.A_prev.shape[3] for c in cases) >= 30
+    kind = cases[0].kind
+    if kind == "conv2d":
+        hypers = [c.spec["hyper"] for c in cases]
+        assert sum(np.ptp(c.spec["params"]["W"].shape[2:]) > 0 for c in cases) >= 10  # rectangular kernels
+        assert sum("stride" in h for h in hypers) >= 20 and sum("pad" in h for h in hypers) >= 20
+    if kind == "maxpool2d":
+        assert {c.spec["hyper"]["ties"] for c in cases} == {"first", "all"}
+        assert sum(c.ties for c in cases) >= 20
+
+
+@pytest.mark.parametrize("kind", IMAGE_KINDS)
+def test_layer_forward_matches_torch(send, kind):
+    cases = [StepCase(seed, kind, backward=False) for seed in range(N_CASES)]
+    _coverage(cases)
+    _run(send, "/v1/layer/forward", cases, check_forward)
+
+
+@pytest.mark.parametrize("kind", IMAGE_KINDS)
+def test_layer_backward_matches_torch(send, kind):
+    cases = [StepCase(seed, kind, backward=True) for seed in range(N_CASES)]
+    _coverage(cases)
+    assert sum(c.dZ is not None for c in cases) >= 25 and sum(c.Z is not None for c in cases) >= 15
+    _run(send, "/v1/layer/backward", cases, check_backward)
+
+
+@pytest.mark.parametrize("kind", IMAGE_KINDS)
+def test_the_cached_Z_is_used_as_sent(send, kind):
+    """Where the cached Z is not the layer of A_prev, dZ = dA * g'(Z sent) (the oracle above), which is not what
+    the consistent cache gives: leaving Z out changes the answer."""
+    cases = [c for c in (StepCase(seed, kind, backward=True) for seed in range(3 * N_CASES))
+             if c.Z is not None and c.spec["activation"] != "linear"]
+    changed = 0
+    for c in cases:
+        status, sent = send("/v1/layer/backward", c.body())
+        assert status == 200, sent
+        check_backward(c, sent)
+        c.Z = None
+        status, consistent = send("/v1/layer/backward", c.body())
+        check_backward(c, consistent)
+        changed += not np.allclose(so.as_array(sent["dZ"]), so.as_array(consistent["dZ"]))
+    assert changed >= 10, f"only {changed} of {len(cases)} cases tell the cached Z from the consistent one"
