@@ -180,26 +180,32 @@ def check_forward(c: StepCase, body: dict) -> None:
         assert body.get("state") is None
 
 
-def oracle_backward(c: StepCase) -> dict[str, np.ndarray]:
-    """dA_prev, dZ and each parameter's gradient (oracle form) by autograd; with a cached Z, dZ from g's VJP at
-    that Z, then the kind's VJP at A_prev (the two need not be consistent)."""
-    x = so.tt(c.A_prev, grad=True)
-    P = {k: so.tt(v, grad=True) for k, v in c.spec["params"].items()}
-    Zt = _layer_forward(c.spec, x, P)
-    if c.dZ is not None:
-        used = so.tt(c.dZ)
+def backward_of(spec: dict, A_prev: np.ndarray, *, dA=None, dZ=None, Z=None, intermediates: str | None = None,
+                l2: float = 0.0) -> dict[str, np.ndarray]:
+    """dA_prev, dZ and each parameter's gradient (oracle form) of one layer by autograd; with a cached Z, dZ from
+    g's VJP at that Z, then the kind's VJP at A_prev (the two need not be consistent). L2 acts on W."""
+    x = so.tt(A_prev, grad=True)
+    P = {k: so.tt(v, grad=True) for k, v in spec["params"].items()}
+    Zt = _layer_forward(spec, x, P)
+    if dZ is not None:
+        used = so.tt(dZ)
     else:
-        Zs = so.tt(so.npy(Zt) if c.Z is None else c.Z, grad=True)
-        torch_activation(c.spec["activation"], Zs, SLOPE).backward(so.tt(c.dA))
+        Zs = so.tt(so.npy(Zt) if Z is None else Z, grad=True)
+        torch_activation(spec["activation"], Zs, SLOPE).backward(so.tt(dA))
         used = Zs.grad
     Zt.backward(used)
+    m = A_prev.shape[0] if A_prev.ndim == 4 else A_prev.shape[1]
     out = {"dA_prev": so.npy(x.grad), "dZ": so.npy(used)}
     for name, p in P.items():
-        g = p.grad / c.m if (c.intermediates or "per_example") == "per_example" else p.grad.clone()
-        if c.l2 and c.kind == "conv2d" and name == "W":  # the parameter L2 acts on
-            g = g + c.l2 / c.m * so.tt(c.spec["params"]["W"])
+        g = p.grad / m if (intermediates or "per_example") == "per_example" else p.grad.clone()
+        if l2 and name == "W":
+            g = g + l2 / m * so.tt(spec["params"]["W"])
         out[f"d{name}"] = so.npy(g)
     return out
+
+
+def oracle_backward(c: StepCase) -> dict[str, np.ndarray]:
+    return backward_of(c.spec, c.A_prev, dA=c.dA, dZ=c.dZ, Z=c.Z, intermediates=c.intermediates, l2=c.l2)
 
 
 def _term_scale(c: StepCase, dZ: np.ndarray) -> float:
@@ -278,3 +284,170 @@ def test_the_cached_Z_is_used_as_sent(send, kind):
         check_backward(c, consistent)
         changed += not np.allclose(so.as_array(sent["dZ"]), so.as_array(consistent["dZ"]))
     assert changed >= 10, f"only {changed} of {len(cases)} cases tell the cached Z from the consistent one"
+
+
+# --- /v1/network/backward over a small conv net, from the learner's caches ------------------------------------
+
+class NetCase:
+    """[conv2d, a pooling, flatten, dense] with every cache drawn independently (A_prev_l of the shape layer l
+    takes, Z_l or None), and dA_L given; the oracle is each layer's step from its own cache (the course's
+    L_model_backward)."""
+
+    def __init__(self, seed: int):
+        from tests.oracle_images import _dense
+        rng = np.random.default_rng([seed, 47])
+        image_layout, layout = ("NCHW", "NHWC")[seed % 2], ("features_first", "examples_first")[(seed // 2) % 2]
+        self.m = 1 if seed % 5 == 0 else int(rng.integers(2, 5))
+        shape = (int(rng.integers(1, 4)), int(rng.integers(4, 9)), int(rng.integers(4, 9)))
+        conv, after_conv = _conv(rng, shape, image_layout)
+        pool, after_pool = _pool(rng, after_conv, str(rng.choice(["maxpool2d", "avgpool2d"])))
+        flat = {"type": "flatten", "hyper": {}, "params": {}, "sent": {}, "channels_last": image_layout == "NHWC",
+                "activation": "linear"}
+        n = int(np.prod(after_pool))
+        dense = _dense(rng, n, int(rng.integers(1, 4)), str(rng.choice(HIDDEN_ACTIVATIONS)))
+        self.specs = [conv, pool, flat, dense]
+        ins = [shape, after_conv, after_pool, (n,)]
+        outs = [after_conv, after_pool, (n,), (dense["params"]["W"].shape[0],)]
+        form = lambda s: (self.m, *s) if len(s) == 3 else (s[0], self.m)  # noqa: E731  (the oracle's form)
+        self.A_prevs = [rng.normal(0, 1, form(s)) for s in ins]
+        self.Zs = [rng.normal(0, 1.5, form(s)) if rng.random() < 0.6 else None for s in outs]
+        self.dAL = rng.normal(0, 1, form(outs[-1]))
+        self.intermediates = str(rng.choice(["per_example", "mean"]))
+        self.l2 = float(rng.uniform(0, 0.5)) if rng.random() < 0.4 else 0.0
+        self.case = ImageCase(seed, self.m, self.specs, self.A_prevs[0], np.zeros((1, self.m)), "mean_squared_error",
+                              image_layout, layout, self.intermediates)
+
+    def body(self) -> dict:
+        w = lambda a: np.ascontiguousarray(self.case.wire(a))  # noqa: E731
+        caches = [{"A_prev": w(A), **({"Z": w(Z)} if Z is not None else {})} for A, Z in zip(self.A_prevs, self.Zs)]
+        out = {"layers": self.case.request()["layers"], "caches": caches, "dAL": w(self.dAL),
+               "image_layout": self.case.image_layout, "layout": self.case.layout,
+               "intermediates": self.intermediates}
+        return {**out, "l2": self.l2} if self.l2 else out
+
+    def expected(self) -> dict[str, np.ndarray]:
+        L, out = len(self.specs), {}
+        dA = self.dAL
+        out[f"dA{L}"] = self.case.wire(dA)
+        for l in range(L, 0, -1):
+            spec = self.specs[l - 1]
+            step = backward_of(spec, self.A_prevs[l - 1], dA=dA, Z=self.Zs[l - 1], intermediates=self.intermediates,
+                               l2=self.l2)
+            out[f"dZ{l}"], out[f"dA{l - 1}"] = self.case.wire(step["dZ"]), self.case.wire(step["dA_prev"])
+            for name in spec["params"]:
+                out[f"d{name}{l}"] = self.case.wire_param(spec, name, step[f"d{name}"])
+            dA = step["dA_prev"]
+        return out
+
+
+def test_network_backward_over_a_conv_net_from_caches(send):
+    failures = []
+    for seed in range(40):
+        c = NetCase(seed)
+        status, body = send("/v1/network/backward", c.body())
+        try:
+            assert status == 200, body
+            want = c.expected()
+            assert set(body) == set(want), (sorted(body), sorted(want))
+            for key, value in want.items():
+                so.assert_close(body[key], value, key)
+        except AssertionError as exc:
+            failures.append(f"seed {seed}: {exc}")
+    assert not failures, f"{len(failures)} of 40 cases failed:\n" + "\n".join(failures[:10])
+
+
+# --- /v1/grade: the response fed back, and the kinds' mistakes ---------------------------------------------------
+
+def _grade(send, task: str, body: dict, submission: dict) -> dict:
+    status, out = send("/v1/grade", {**body, "task": task, "submission": submission})
+    assert status == 200, out
+    return out["result"]
+
+
+def _full_marks(send, task: str, path: str, body: dict) -> None:
+    status, response = send(path, body)
+    assert status == 200, response
+    result = _grade(send, task, body, response)
+    assert result["status"] == "graded" and result["score"] == result["max_score"] == len(result["keys"]) > 0, result
+    assert all(k["status"] == "correct" and k["diagnosis"] is None for k in result["keys"])
+    status, out = send("/v1/grade", {**body, "task": task, "submissions": [response, response]})
+    assert [(r["score"], r["max_score"]) for r in out["results"]] == [(result["max_score"],) * 2] * 2
+
+
+@pytest.mark.parametrize("kind", IMAGE_KINDS)
+@pytest.mark.parametrize("seed", range(4))  # both image layouts, both layouts
+def test_the_fed_back_responses_score_full_marks(send, kind, seed):
+    _full_marks(send, "layer_forward", "/v1/layer/forward", StepCase(seed, kind, backward=False).body())
+    _full_marks(send, "layer_backward", "/v1/layer/backward", StepCase(seed, kind, backward=True).body())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_fed_back_network_backward_scores_full_marks(send, seed):
+    _full_marks(send, "network_backward", "/v1/network/backward", NetCase(seed).body())
+
+
+def _diagnosis(result: dict, key: str) -> str | None:
+    k = next(k for k in result["keys"] if k["key"] == key)
+    assert k["status"] != "correct", (key, k)
+    return k["diagnosis"] and k["diagnosis"]["code"]
+
+
+def _conv_body(image_layout: str = "NCHW", m: int = 3, stride=1, pad=1):
+    rng = np.random.default_rng(9)
+    x, W, b = rng.normal(size=(m, 2, 5, 6)), rng.normal(size=(3, 2, 3, 2)), rng.normal(size=3)
+    last = image_layout == "NHWC"
+    wire = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if last else a  # noqa: E731
+    layer = {"type": "conv2d", "W": np.ascontiguousarray(W.transpose(2, 3, 1, 0)) if last else W, "b": b,
+             "stride": stride, "pad": pad}
+    return {"layer": layer, "A_prev": wire(x), "image_layout": image_layout}, x, W, b, wire
+
+
+@pytest.mark.parametrize("image_layout", ["NCHW", "NHWC"])
+def test_a_flipped_kernel_is_diagnosed(send, image_layout):
+    """An independent student computing a true convolution (torch's conv2d of the flipped kernel)."""
+    body, x, W, b, wire = _conv_body(image_layout)
+    Z = torch.nn.functional.conv2d(so.tt(x), so.tt(W).flip(2, 3), so.tt(b), padding=1).numpy()
+    result = _grade(send, "layer_forward", body, {"Z": wire(Z), "A": wire(Z), "cache": {}})
+    assert _diagnosis(result, "Z") == _diagnosis(result, "A") == "conv_flipped_kernel"
+
+
+def test_conv_gradients_of_the_last_example_only_and_without_1_over_m_are_diagnosed(send):
+    body, x, W, b, wire = _conv_body("NHWC", stride=2)
+    dZ = np.random.default_rng(3).normal(size=(3, 3, 3, 4))  # (m, F, Ho, Wo)
+    body = {**body, "dZ": wire(dZ)}
+    status, right = send("/v1/layer/backward", body)
+    assert status == 200, right
+    last = backward_of({"type": "conv2d", "hyper": {"stride": 2, "pad": 1}, "activation": "linear",
+                        "params": {"W": W, "b": b}}, x[-1:], dZ=dZ[-1:])
+    wrong = {**right, "dW": np.ascontiguousarray((last["dW"] / 3).transpose(2, 3, 1, 0)), "db": last["db"] / 3}
+    result = _grade(send, "layer_backward", body, wrong)
+    assert _diagnosis(result, "dW") == "conv_grads_not_summed_over_examples"
+    result = _grade(send, "layer_backward", body, {**right, "dW": 3 * so.as_array(right["dW"])})
+    assert _diagnosis(result, "dW") == "missing_1_over_m"
+
+
+def test_max_pooling_ties_and_average_pooling_mistakes_are_diagnosed(send):
+    from tests.oracle_images import maxpool_direct
+    rng = np.random.default_rng(4)
+    x = rng.integers(-1, 2, (2, 2, 4, 6)).astype(float)  # windows with ties
+    dZ = rng.normal(size=(2, 2, 2, 3))
+    body = {"layer": {"type": "maxpool2d", "size": 2, "ties": "first"}, "A_prev": x, "dZ": dZ}
+    _, all_ties = maxpool_direct(x, dZ, 2, 2, "all")
+    result = _grade(send, "layer_backward", body, {"dA_prev": all_ties, "dZ": dZ})
+    assert _diagnosis(result, "dA_prev") == "maxpool_ties_to_all"
+    dZ = np.ascontiguousarray(dZ[..., :2])  # 2 x 3 windows over 4 x 6
+    body = {"layer": {"type": "avgpool2d", "size": [2, 3]}, "A_prev": x, "dZ": dZ}
+    undivided = np.repeat(np.repeat(dZ, 2, axis=2), 3, axis=3)  # each window's dz copied, not divided
+    result = _grade(send, "layer_backward", body, {"dA_prev": undivided, "dZ": dZ})
+    assert _diagnosis(result, "dA_prev") == "avgpool_not_divided_by_window"
+
+
+def test_a_network_backward_key_without_1_over_m_is_diagnosed(send):
+    c = NetCase(3)
+    c.intermediates = "per_example"
+    body = c.body()
+    status, right = send("/v1/network/backward", body)
+    assert status == 200, right
+    result = _grade(send, "network_backward", body, {**right, "dW1": c.m * so.as_array(right["dW1"])})
+    assert _diagnosis(result, "dW1") == "missing_1_over_m"
+    assert all(k["status"] == "correct" for k in result["keys"] if k["key"] != "dW1")
