@@ -451,3 +451,198 @@ def test_a_network_backward_key_without_1_over_m_is_diagnosed(send):
     result = _grade(send, "network_backward", body, {**right, "dW1": c.m * so.as_array(right["dW1"])})
     assert _diagnosis(result, "dW1") == "missing_1_over_m"
     assert all(k["status"] == "correct" for k in result["keys"] if k["key"] != "dW1")
+
+
+# --- bad input: located 422s naming the fix ----------------------------------------------------------------------
+
+CONV = {"type": "conv2d", "W": np.ones((4, 3, 3, 2)), "b": np.zeros(4), "pad": 1}  # NCHW: 3 -> 4 channels
+X = np.ones((2, 3, 5, 6))  # m = 2, 3 channels of 5 x 6; the conv's output (2, 4, 5, 7)
+
+
+def _errors(send, path: str, body: dict, **settings) -> list[tuple[str, str, str]]:
+    status, out = send(path, body, **settings)
+    assert status == 422, out
+    return [(e["location"], e["type"], e["message"]) for e in out["errors"]]
+
+
+@pytest.mark.parametrize("path", ["/v1/layer/forward", "/v1/layer/backward"])
+def test_an_image_kind_given_a_matrix_and_a_vector_kind_given_images(send, path):
+    upstream = {"dZ": np.ones((4, 2))} if path.endswith("backward") else {}
+    (where, kind, message), = _errors(send, path, {"layer": CONV, "A_prev": np.ones((3, 2)), **upstream})
+    assert (where, kind) == ("A_prev", "rank_mismatch")
+    assert "conv2d takes image batches" in message and "send A_prev as an image batch (m, H, W, C)" not in message
+    (where, kind, message), = _errors(send, path, {"layer": {"W": np.ones((2, 90)), "b": [0.0, 0.0]}, "A_prev": X,
+                                                   "image_layout": "NHWC"})
+    assert (where, kind) == ("A_prev", "rank_mismatch") and "a flatten layer turns image batches" in message
+
+
+def test_channels_that_do_not_match_W(send):
+    (where, kind, message), = _errors(send, "/v1/layer/forward", {"layer": CONV, "A_prev": np.ones((2, 2, 5, 6))})
+    assert (where, kind) == ("layer.W", "shape_mismatch")
+    assert "the input has 2 channels because A_prev holds 2 channels of 5 x 6" in message
+
+
+def test_images_sent_in_the_other_layout_are_told_so(send):
+    body = {"layer": {"type": "spatial_batchnorm", "gamma": np.ones(3), "beta": np.zeros(3)},
+            "A_prev": np.ones((2, 5, 6, 3))}  # NHWC, sent with the default NCHW
+    (where, kind, message), = _errors(send, "/v1/layer/forward", body)
+    assert (where, kind) == ("image_layout", "layout_mismatch") and "did you mean image_layout NHWC?" in message
+    assert send("/v1/layer/forward", {**body, "image_layout": "NHWC"})[0] == 200
+
+
+def test_upstream_gradients_against_the_layers_output(send):
+    body = {"layer": CONV, "A_prev": X}
+    (where, kind, message), = _errors(send, "/v1/layer/backward", {**body, "dZ": np.ones((2, 4, 5, 6))})
+    assert (where, kind) == ("dZ", "shape_mismatch")
+    assert message == "dZ is (2, 4, 5, 6) but the layer's output is (2, 4, 5, 7) (image_layout NCHW)"
+    (where, kind, message), = _errors(send, "/v1/layer/backward", {**body, "dA": np.ones((2, 5, 7, 4))})
+    assert (where, kind) == ("dA", "shape_mismatch") and "looks like the other image layout" in message
+    assert _errors(send, "/v1/layer/backward", {**body, "dA": np.ones((2, 4, 5, 7)), "Z": np.ones((4, 70))}) == [
+        ("Z", "shape_mismatch", "Z is (4, 70) but the layer's output is (2, 4, 5, 7) (image_layout NCHW)")]
+    flat = {"layer": {"type": "flatten"}, "A_prev": X, "layout": "examples_first"}
+    assert _errors(send, "/v1/layer/backward", {**flat, "dZ": np.ones((2, 3, 5, 6))}) == [
+        ("dZ", "shape_mismatch", "dZ is (2, 3, 5, 6) but the layer's output is (2, 90) (examples_first)")]
+    assert [e[:2] for e in _errors(send, "/v1/layer/backward", {**body, "dA": np.ones((2, 4, 5, 7)),
+                                                                "dZ": np.ones((2, 4, 5, 7))})] == [
+        ("dZ", "both_upstream_gradients")]
+
+
+def test_softmax_on_an_image_output_and_groups_that_do_not_divide_the_channels(send):
+    (where, kind, message), = _errors(send, "/v1/layer/forward", {"layer": {**CONV, "activation": "softmax"},
+                                                                  "A_prev": X})
+    assert (where, kind) == ("layer.activation", "activation_placement") and "elementwise" in message
+    gn = {"type": "groupnorm", "groups": 2, "gamma": np.ones(3), "beta": np.zeros(3)}
+    assert [e[:2] for e in _errors(send, "/v1/layer/forward", {"layer": gn, "A_prev": X})] == [
+        ("layer.groups", "groups_mismatch")]
+
+
+def test_network_caches_against_the_chain(send):
+    body = NetCase(1).body()
+    bad = {**body, "caches": [dict(c) for c in body["caches"]]}
+    A = so.as_array(bad["caches"][1]["A_prev"])
+    bad["caches"][1]["A_prev"] = np.ascontiguousarray(A[:, :, :-1] if A.shape[2] > 1 else A[:, :, :, :-1])
+    errors = _errors(send, "/v1/network/backward", bad)
+    assert ("caches[1].A_prev", "shape_mismatch") in [e[:2] for e in errors]
+    assert any("layers[0]'s output" in e[2] for e in errors)
+    bad = {**body, "caches": [{**body["caches"][0], "Z": np.ones((1, 1, 1, 1))}, *body["caches"][1:]]}
+    assert [e[:2] for e in _errors(send, "/v1/network/backward", bad)] == [("caches[0].Z", "shape_mismatch")]
+
+
+@pytest.mark.parametrize("settings,where", [({"max_kernel_size": 2}, "layer"), ({"max_image_size": 5}, "A_prev"),
+                                            ({"max_work": 500}, "body"), ({"max_stored": 300}, "body")])
+def test_limits_are_priced_before_any_work(send, settings, where, monkeypatch):
+    from service.engine.kinds import conv2d
+
+    calls = []  # the convolution must not run for a request over the limits
+    monkeypatch.setattr(conv2d, "_convolve", lambda *a, **k: calls.append(1))
+    body = {"layer": CONV, "A_prev": X, "dZ": np.ones((2, 4, 5, 7))}
+    status, out = send("/v1/layer/backward", body, **settings)
+    assert status == 422 and out["title"] == "Request over the limits", out
+    assert (where, "limit_exceeded") in [(e["location"], e["type"]) for e in out["errors"]] and not calls
+
+
+# --- the courses' published values, each function one request ---------------------------------------------------
+
+def published(name: str, case: str) -> dict:
+    return json.loads((DATA / name).read_text())[case]
+
+
+def printed(got, want, what: str) -> None:
+    """As the research notes' rule for 8-decimal printouts: |got - printed| <= 6e-9 + 1e-7 |printed|."""
+    np.testing.assert_allclose(np.asarray(got, dtype=float), np.asarray(want, dtype=float), rtol=1e-7, atol=6e-9,
+                               err_msg=what)
+
+
+def _ok(send, path: str, body: dict) -> dict:
+    status, out = send(path, body)
+    assert status == 200, out
+    return out
+
+
+def test_cs231n_conv_forward_naive(send):
+    case = published("images_cs231n.json", "conv_forward_naive")
+    i = case["inputs"]
+    out = _ok(send, "/v1/layer/forward", {"layer": {"type": "conv2d", "W": i["w"], "b": i["b"], "stride": i["stride"],
+                                                    "pad": i["pad"]}, "A_prev": i["x"]})
+    printed(out["Z"], case["expected"]["correct_out"], "correct_out")
+    assert out["A"] == out["Z"] and out["cache"] == {}
+
+
+def test_cs231n_max_pool_forward_naive(send):
+    case = published("images_cs231n.json", "max_pool_forward_naive")
+    i = case["inputs"]
+    out = _ok(send, "/v1/layer/forward", {"layer": {"type": "maxpool2d", "size": [i["pool_height"], i["pool_width"]],
+                                                    "stride": i["stride"]}, "A_prev": i["x"]})
+    printed(out["Z"], case["expected"]["correct_out"], "correct_out")
+
+
+def test_cs231n_spatial_batchnorm_forward(send):
+    """The statistics before normalising are the cache's per-channel mean and var (in gamma's shape); after, Z has
+    the printed per-channel standard deviations and beta as its means."""
+    case = published("images_cs231n_spatial_batchnorm.json", "spatial_batchnorm_forward_train")
+    x = case["inputs"]["x"]
+    for gamma, beta, key in (([1.0, 1.0, 1.0], [0.0, 0.0, 0.0], "after_gamma1_beta0"),
+                             ([[[[3.0]], [[4.0]], [[5.0]]]], [6.0, 7.0, 8.0], "after_gamma345_beta678")):
+        out = _ok(send, "/v1/layer/forward", {"layer": {"type": "spatial_batchnorm", "gamma": gamma, "beta": beta},
+                                              "A_prev": x})
+        Z, cache = so.as_array(out["Z"]), out["cache"]
+        assert so.as_array(cache["mean"]).shape == np.shape(gamma) and so.as_array(cache["xhat"]).shape == Z.shape
+        printed(np.ravel(cache["mean"]), case["expected"]["before"]["means"], "means before")
+        printed(np.sqrt(np.ravel(cache["var"])), case["expected"]["before"]["stds"], "stds before")
+        printed(Z.std(axis=(0, 2, 3)), case["expected"][key]["stds"], f"{key} stds")
+        np.testing.assert_allclose(Z.mean(axis=(0, 2, 3)), beta, atol=1e-12)
+
+
+@pytest.mark.parametrize("version,index", [("conv_forward_2018", "Z[3,2,1]"), ("conv_forward_2019_2020", "Z[3,2,1]"),
+                                           ("conv_forward_2021", "Z[0,2,1]")])
+def test_deeplearning_ai_conv_forward(send, version, index):
+    case = published("images_dlai_c4w1.json", version)
+    i = case["inputs"]
+    out = _ok(send, "/v1/layer/forward", {"layer": {"type": "conv2d", "W": i["W"], "b": i["b"], "stride": i["stride"],
+                                                    "pad": i["pad"]}, "A_prev": i["A_prev"], "image_layout": "NHWC"})
+    Z = so.as_array(out["Z"])
+    assert list(Z.shape) == case["derived"]["Z_shape"]
+    printed(Z.mean(), case["expected"]["Z_mean"], "Z_mean")
+    printed(Z[tuple(int(k) for k in index[2:-1].split(","))], case["expected"][index], index)
+
+
+def test_deeplearning_ai_conv_backward(send):
+    """conv_backward(dZ = Z, cache): the course's dW and db are sums over the examples, which is
+    ``intermediates: mean`` (dZ taken as dJ/dZ); the shapes are the course's (NHWC, W (f, f, C, F), b (1, 1, 1, F))."""
+    case = published("images_dlai_c4w1.json", "conv_backward_2018_2021")
+    i = case["inputs"]
+    body = {"layer": {"type": "conv2d", "W": i["W"], "b": i["b"], "stride": i["stride"], "pad": i["pad"]},
+            "A_prev": i["A_prev"], "image_layout": "NHWC"}
+    Z = _ok(send, "/v1/layer/forward", body)["Z"]
+    out = _ok(send, "/v1/layer/backward", {**body, "dZ": Z, "intermediates": "mean"})
+    dA, dW, db = (so.as_array(out[k]) for k in ("dA_prev", "dW", "db"))
+    assert (dA.shape, dW.shape, db.shape) == ((10, 4, 4, 3), (2, 2, 3, 8), (1, 1, 1, 8))
+    printed(dA.mean(), case["expected"]["dA_mean"], "dA_mean")
+    printed(dW.mean(), case["expected"]["dW_mean"], "dW_mean")
+    printed(db.mean(), case["expected"]["db_mean"], "db_mean")
+    per_example = _ok(send, "/v1/layer/backward", {**body, "dZ": Z})  # the service's default: (1/m) sums
+    np.testing.assert_allclose(10 * so.as_array(per_example["dW"]), dW, rtol=1e-13)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_deeplearning_ai_pool_forward(send, stride):
+    case = published("images_dlai_c4w1.json", "pool_forward_2019_2021")
+    want = case["expected"][f"stride{stride}_f3"]
+    for kind, key in (("maxpool2d", "A_max"), ("avgpool2d", "A_average")):
+        out = _ok(send, "/v1/layer/forward", {"layer": {"type": kind, "size": 3, "stride": stride},
+                                              "A_prev": case["inputs"]["A_prev"], "image_layout": "NHWC"})
+        printed(out["A"], want[key], f"{kind} stride {stride}")
+
+
+@pytest.mark.parametrize("kind,mode", [("maxpool2d", "max"), ("avgpool2d", "average")])
+def test_deeplearning_ai_pool_backward(send, kind, mode):
+    """pool_backward(dA, cache, mode): dA is the pooling's output gradient (no activation: dZ = dA); max pooling
+    with the course's mask x == max (ties ``all``)."""
+    case = published("images_dlai_c4w1.json", "pool_backward_2017_2021")
+    layer = {"type": kind, "size": 2, "stride": 1, **({"ties": "all"} if kind == "maxpool2d" else {})}
+    out = _ok(send, "/v1/layer/backward", {"layer": layer, "A_prev": case["inputs"]["A_prev"],
+                                           "dA": case["inputs"]["dA"], "image_layout": "NHWC"})
+    dA_prev = so.as_array(out["dA_prev"])
+    assert list(dA_prev.shape) == case["expected"]["dA_prev_shape"]
+    printed(so.as_array(out["dZ"]).mean(), case["expected"]["mean_of_dA"], "mean of dA")
+    printed(dA_prev[1, 1], case["expected"][mode]["dA_prev[1,1]"], f"{mode} dA_prev[1,1]")
