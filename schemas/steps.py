@@ -3,8 +3,11 @@ the checks that span fields, the limits priced before any work, and the layout e
 ``schemas.optimizer``).
 
 Arrays follow the request's layouts as in /v1/gradients: ``layout`` (A_prev, Z, A, dA, dZ, AL, ZL, Y and the
-per-example values of a cache are (units, m) features first or (m, units) examples first) and ``weight_layout``
-(dense W as (n_l, n_{l-1}) or (n_{l-1}, n_l)); each parameter's gradient comes back in the shape it was sent in.
+per-example values of a cache are (units, m) features first or (m, units) examples first), ``weight_layout``
+(dense W as (n_l, n_{l-1}) or (n_{l-1}, n_l)) and ``image_layout`` (for the kinds on images the same arrays are
+image batches, (m, C, H, W) with NCHW or (m, H, W, C) with NHWC, and conv2d's W is (F, C, kh, kw) or
+(kh, kw, C, F)); each parameter's gradient comes back in the shape it was sent in. The conversions are the
+Layouts' and the kinds' own (``Layouts.to_engine_activation``, ``Param.to_engine``), as /v1/gradients uses them.
 """
 
 from __future__ import annotations
