@@ -255,8 +255,12 @@ def prepare_step_grading(task: Task, req, limits: Limits) -> tuple[Any, Batch]:
     per_key = 1 + ref.max_candidates
     work = sum(per_key * (a.size + grading.CANDIDATE_OVERHEAD) for sub in subs.graded for a in sub.values())
     price(req, subs, where, work, per_key - 1)
-    # A reference held features first (a network's) compares the (units, m) keys transposed.
-    subs.arrays = [None if sub is None else {k: (a.T if a.ndim == 2 and ref.flips(k) else a) for k, a in sub.items()}
+    # A network's reference holds its per-example keys in the engine's form (vectors features first, images
+    # (m, C, H, W)): they are compared converted, as /v1/grade's gradients task does; a step's as sent.
+    layouts = getattr(ref, "layouts", None)
+    subs.arrays = [None if sub is None else
+                   {k: (layouts.to_engine_activation(a) if layouts is not None and grading.is_per_example(k) else a)
+                    for k, a in sub.items()}
                    for sub in subs.arrays]
     return ref, subs
 

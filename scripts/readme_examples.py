@@ -124,6 +124,7 @@ EXAMPLES = {
     "conv_pool_nhwc": _conv_pool_nhwc,
     "batchnorm_hinge": _batchnorm_hinge,
     "step_layer_backward": lambda: _round(_post("/v1/layer/backward", _step("layer_backward"))),
+    "step_maxpool_backward": lambda: _round(_post("/v1/layer/backward", _step("maxpool_backward"))),
     "step_cost": lambda: _round(_post("/v1/cost", _step("cost"))),
     "step_adam": lambda: _round(_post("/v1/optimizer-step", _step("adam"))),
     "step_grade_adam": _adam_without_bias_correction,

@@ -34,10 +34,12 @@ def _limits():
 @bp.post("/v1/layer/forward")
 @documented(
     "One layer's forward pass: Z, A = g(Z) and what the kind's cache keeps.",
-    description="The course's linear_forward and linear_activation_forward (cs231n's affine_forward, "
-                "batchnorm_forward, layernorm_forward) for any layer kind: `Z` (dense: W A_prev + b), `A` = g(Z), "
-                "`cache` (batchnorm and layernorm: `xhat`, `mean`, `var`, `std`) and, for batchnorm, the updated "
-                "running statistics under `state`. The layer's `activation` defaults to `linear`.",
+    description="The course's linear_forward and linear_activation_forward, conv_forward and pool_forward "
+                "(cs231n's affine_forward, batchnorm_forward, layernorm_forward, conv_forward_naive, "
+                "max_pool_forward_naive, spatial_batchnorm_forward, spatial_groupnorm_forward) for any layer kind: "
+                "`Z` (dense: W A_prev + b), `A` = g(Z), `cache` (the norms: `xhat`, `mean`, `var`, `std`) and, for "
+                "batchnorm and spatial_batchnorm, the updated running statistics under `state`. Image kinds take "
+                "and return image batches by `image_layout`. The layer's `activation` defaults to `linear`.",
     request=wire.LayerForwardRequest, response=wire.LayerForwardResponse, errors=(400, 413, 415, 422),
     tags=("steps",), secured=True,
     examples={"sigmoid_layer_dlai_test_case": _example("layer_forward.json")})
@@ -55,13 +57,16 @@ def layer_forward():
     description="The course's linear_backward (send `dZ`) and linear_activation_backward (send `dA` and the cached "
                 "`Z`; g'(Z) is evaluated on Z as sent, even where it is not the layer applied to A_prev, as the "
                 "course's test cases build their caches), cs231n's affine_backward (`dZ`, `intermediates: mean`, "
-                "`layout: examples_first`, `weight_layout: in_out`), for any layer kind. Returns `dA_prev`, `dZ` "
+                "`layout: examples_first`, `weight_layout: in_out`), conv_backward and pool_backward "
+                "(cs231n's conv_backward_naive, max_pool_backward_naive: image batches by `image_layout`), for any "
+                "layer kind. Returns `dA_prev`, `dZ` "
                 "and d<param> for every parameter (dW = (1/m) dZ A_prev^T under `per_example`, dZ A_prev^T under "
                 "`mean`), each in the shape it was sent in.",
     request=wire.LayerBackwardRequest, response=wire.LayerBackwardResponse, errors=(400, 413, 415, 422),
     tags=("steps",), secured=True,
     examples={"linear_activation_backward_dlai_test_case": _example("layer_backward.json"),
-              "linear_backward_dlai_test_case": _example("linear_backward.json")})
+              "linear_backward_dlai_test_case": _example("linear_backward.json"),
+              "max_pool_backward_naive_with_ties": _example("maxpool_backward.json")})
 def layer_backward():
     req = parse_body(wire.LayerBackwardRequest)
     prep = wire.prepare_layer(req, _limits())

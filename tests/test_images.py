@@ -820,16 +820,18 @@ def test_v1_lists_the_image_kinds_with_their_formulas_and_mistakes(client):
     assert spec["components"]["schemas"]["GradientRequest"]["properties"]["image_layout"]["enum"] == ["NCHW", "NHWC"]
 
 
-def test_the_one_step_routes_refuse_an_image_kind_at_its_type(post):
+def test_the_one_step_routes_tell_an_image_kind_sent_a_matrix_what_to_send(post):
+    """The one-step routes take the image kinds (tests/test_steps_images.py); an input of the other rank than the
+    kind's is a 422 at the input, naming the form to send."""
     conv = {"type": "conv2d", "W": np.ones((1, 1, 2, 2)), "b": [0.0], "activation": "relu"}
     status, out = post({"layer": conv, "A_prev": [[1.0, 2.0], [3.0, 4.0]]}, "/v1/layer/forward")
     assert status == 422
     (location, kind, message), = errors_of(out)
-    assert (location, kind) == ("layer.type", "rank_mismatch") and "send the network to /v1/gradients" in message
+    assert (location, kind) == ("A_prev", "rank_mismatch") and "send A_prev as an image batch (m, C, H, W)" in message
     status, out = post({"layers": [{"W": [[1.0, 2.0]], "b": [0.0], "activation": "linear"}, {"type": "flatten"}],
                         "caches": [{"A_prev": [[1.0], [2.0]], "Z": [[1.0]]}, {"A_prev": [[1.0]], "Z": [[1.0]]}],
                         "dAL": [[1.0]]}, "/v1/network/backward")
-    assert status == 422 and [e[:2] for e in errors_of(out)] == [("layers[1].type", "rank_mismatch")]
+    assert status == 422 and [e[:2] for e in errors_of(out)] == [("caches[1].A_prev", "rank_mismatch")]
 
 
 def test_the_benchmarks_network_fits_the_default_limits():

@@ -401,7 +401,8 @@ def test_each_network_backward_mistake_is_diagnosed(post, mistake, at):
 # --- the route's response fed back: full marks, single and batch, every format ------------------------------
 
 def _bodies() -> dict[str, list[dict]]:
-    """A few bodies per task, over the registry's kinds, costs and optimizers (random, seeded)."""
+    """A few bodies per task, over the registry's kinds on vectors (the image kinds' are in
+    tests/test_steps_images.py), costs and optimizers (random, seeded)."""
     acts, kinds = list(ACTIVATIONS), [name for name, kind in KINDS.items() if kind.input_rank == 1]
     out = {
         "layer_forward": [so.random_layer_case(s, k, acts, min_m=2).body() for s in range(3) for k in kinds],

@@ -15,7 +15,8 @@ import pytest
 from service.app import create_app
 from service.engine import ACTIVATIONS, COSTS, KINDS
 
-# The kinds the one-step routes take: those on vectors (the image kinds are refused, tests/test_images.py).
+# The kinds on vectors, which tests/step_oracle.py knows; the image kinds are tested against torch in
+# tests/test_steps_images.py.
 VECTOR_KINDS = {name: kind for name, kind in KINDS.items() if kind.input_rank == 1}
 from service.engine.optimizers import CONVENTIONS, OPTIMIZERS
 from tests import step_oracle as so

@@ -96,7 +96,7 @@ export interface paths {
         put?: never;
         /**
          * One layer's forward pass: Z, A = g(Z) and what the kind's cache keeps.
-         * @description The course's linear_forward and linear_activation_forward (cs231n's affine_forward, batchnorm_forward, layernorm_forward) for any layer kind: `Z` (dense: W A_prev + b), `A` = g(Z), `cache` (batchnorm and layernorm: `xhat`, `mean`, `var`, `std`) and, for batchnorm, the updated running statistics under `state`. The layer's `activation` defaults to `linear`.
+         * @description The course's linear_forward and linear_activation_forward, conv_forward and pool_forward (cs231n's affine_forward, batchnorm_forward, layernorm_forward, conv_forward_naive, max_pool_forward_naive, spatial_batchnorm_forward, spatial_groupnorm_forward) for any layer kind: `Z` (dense: W A_prev + b), `A` = g(Z), `cache` (the norms: `xhat`, `mean`, `var`, `std`) and, for batchnorm and spatial_batchnorm, the updated running statistics under `state`. Image kinds take and return image batches by `image_layout`. The layer's `activation` defaults to `linear`.
          */
         post: operations["post_v1_layer_forward"];
         delete?: never;
@@ -116,7 +116,7 @@ export interface paths {
         put?: never;
         /**
          * One layer's backward pass from the learner's cache: dA_prev, dZ and the parameters' gradients.
-         * @description The course's linear_backward (send `dZ`) and linear_activation_backward (send `dA` and the cached `Z`; g'(Z) is evaluated on Z as sent, even where it is not the layer applied to A_prev, as the course's test cases build their caches), cs231n's affine_backward (`dZ`, `intermediates: mean`, `layout: examples_first`, `weight_layout: in_out`), for any layer kind. Returns `dA_prev`, `dZ` and d<param> for every parameter (dW = (1/m) dZ A_prev^T under `per_example`, dZ A_prev^T under `mean`), each in the shape it was sent in.
+         * @description The course's linear_backward (send `dZ`) and linear_activation_backward (send `dA` and the cached `Z`; g'(Z) is evaluated on Z as sent, even where it is not the layer applied to A_prev, as the course's test cases build their caches), cs231n's affine_backward (`dZ`, `intermediates: mean`, `layout: examples_first`, `weight_layout: in_out`), conv_backward and pool_backward (cs231n's conv_backward_naive, max_pool_backward_naive: image batches by `image_layout`), for any layer kind. Returns `dA_prev`, `dZ` and d<param> for every parameter (dW = (1/m) dZ A_prev^T under `per_example`, dZ A_prev^T under `mean`), each in the shape it was sent in.
          */
         post: operations["post_v1_layer_backward"];
         delete?: never;
@@ -503,15 +503,15 @@ export interface components {
         CacheSpec: {
             /**
              * A Prev
-             * @description The layer's input as cached (the course's linear_cache A), in the layout.
+             * @description The layer's input as cached (the course's linear_cache A), in the layout; an image batch by image_layout for the image kinds.
              */
-            A_prev: number[][];
+            A_prev: number[][] | number[][][][];
             /**
              * Z
              * @description The layer's pre-activation as cached (the course's activation_cache); default: the layer applied to A_prev.
              * @default null
              */
-            Z?: number[][] | null;
+            Z?: number[][] | number[][][][] | null;
         };
         /** CheckedEntry */
         CheckedEntry: {
@@ -2079,9 +2079,9 @@ export interface components {
             layer: components["schemas"]["DenseStepLayer"] | components["schemas"]["BatchnormStepLayer"] | components["schemas"]["LayernormStepLayer"] | components["schemas"]["Conv2dStepLayer"] | components["schemas"]["Maxpool2dStepLayer"] | components["schemas"]["Avgpool2dStepLayer"] | components["schemas"]["FlattenStepLayer"] | components["schemas"]["SpatialBatchnormStepLayer"] | components["schemas"]["GroupnormStepLayer"];
             /**
              * A Prev
-             * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first.
+             * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first; for the kinds on images (conv2d, the poolings, flatten, the spatial norms) an image batch, (m, C, H, W) with image_layout NCHW, (m, H, W, C) with NHWC.
              */
-            A_prev: number[][];
+            A_prev: number[][] | number[][][][];
             /**
              * Layout
              * @description Orientation of A_prev and of every (units, m) array.
@@ -2097,23 +2097,30 @@ export interface components {
              */
             weight_layout?: "out_in" | "in_out";
             /**
+             * Image Layout
+             * @description How image batches are held: `NCHW` (m, C, H, W) (cs231n, PyTorch; the default) or `NHWC` (m, H, W, C) (deeplearning.ai, TensorFlow): A_prev, Z, A, dA, dZ, dA_prev and the cache values of an image kind, and conv2d's W ((F, C, kh, kw) or (kh, kw, C, F)), as in /v1/gradients.
+             * @default NCHW
+             * @enum {string}
+             */
+            image_layout?: "NCHW" | "NHWC";
+            /**
              * Z
              * @description The layer's output before the activation as the learner's cache holds it (with `dA` only): g'(Z) is evaluated on it as sent, even where it is not the layer applied to A_prev. Default: the layer applied to A_prev.
              * @default null
              */
-            Z?: number[][] | null;
+            Z?: number[][] | number[][][][] | null;
             /**
              * Da
-             * @description dJ/dA of the layer's output A (as linear_activation_backward takes it). Send this or `dZ`.
+             * @description dJ/dA of the layer's output A (as linear_activation_backward takes it), (units, m) or (m, units) by layout; an image batch by image_layout for the image kinds. Send this or `dZ`.
              * @default null
              */
-            dA?: number[][] | null;
+            dA?: number[][] | number[][][][] | null;
             /**
              * Dz
-             * @description dJ/dZ, before the activation (as linear_backward and cs231n's affine_backward(dout) take it). Send this or `dA`.
+             * @description dJ/dZ, before the activation (as linear_backward, cs231n's affine_backward(dout) and conv_backward_naive(dout) take it), (units, m) or (m, units) by layout; an image batch by image_layout for the image kinds. Send this or `dA`.
              * @default null
              */
-            dZ?: number[][] | null;
+            dZ?: number[][] | number[][][][] | null;
             /**
              * Intermediates
              * @description `per_example` (the course's): dZ carries no 1/m and the parameters' gradients get it (dW = (1/m) dZ A_prev^T); `mean` (cs231n's): dZ is already dJ/dZ, so dW = dZ A_prev^T.
@@ -2201,9 +2208,9 @@ export interface components {
             layer: components["schemas"]["DenseStepLayer"] | components["schemas"]["BatchnormStepLayer"] | components["schemas"]["LayernormStepLayer"] | components["schemas"]["Conv2dStepLayer"] | components["schemas"]["Maxpool2dStepLayer"] | components["schemas"]["Avgpool2dStepLayer"] | components["schemas"]["FlattenStepLayer"] | components["schemas"]["SpatialBatchnormStepLayer"] | components["schemas"]["GroupnormStepLayer"];
             /**
              * A Prev
-             * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first.
+             * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first; for the kinds on images (conv2d, the poolings, flatten, the spatial norms) an image batch, (m, C, H, W) with image_layout NCHW, (m, H, W, C) with NHWC.
              */
-            A_prev: number[][];
+            A_prev: number[][] | number[][][][];
             /**
              * Layout
              * @description Orientation of A_prev and of every (units, m) array.
@@ -2219,23 +2226,30 @@ export interface components {
              */
             weight_layout?: "out_in" | "in_out";
             /**
+             * Image Layout
+             * @description How image batches are held: `NCHW` (m, C, H, W) (cs231n, PyTorch; the default) or `NHWC` (m, H, W, C) (deeplearning.ai, TensorFlow): A_prev, Z, A, dA, dZ, dA_prev and the cache values of an image kind, and conv2d's W ((F, C, kh, kw) or (kh, kw, C, F)), as in /v1/gradients.
+             * @default NCHW
+             * @enum {string}
+             */
+            image_layout?: "NCHW" | "NHWC";
+            /**
              * Z
              * @description The layer's output before the activation as the learner's cache holds it (with `dA` only): g'(Z) is evaluated on it as sent, even where it is not the layer applied to A_prev. Default: the layer applied to A_prev.
              * @default null
              */
-            Z?: number[][] | null;
+            Z?: number[][] | number[][][][] | null;
             /**
              * Da
-             * @description dJ/dA of the layer's output A (as linear_activation_backward takes it). Send this or `dZ`.
+             * @description dJ/dA of the layer's output A (as linear_activation_backward takes it), (units, m) or (m, units) by layout; an image batch by image_layout for the image kinds. Send this or `dZ`.
              * @default null
              */
-            dA?: number[][] | null;
+            dA?: number[][] | number[][][][] | null;
             /**
              * Dz
-             * @description dJ/dZ, before the activation (as linear_backward and cs231n's affine_backward(dout) take it). Send this or `dA`.
+             * @description dJ/dZ, before the activation (as linear_backward, cs231n's affine_backward(dout) and conv_backward_naive(dout) take it), (units, m) or (m, units) by layout; an image batch by image_layout for the image kinds. Send this or `dA`.
              * @default null
              */
-            dZ?: number[][] | null;
+            dZ?: number[][] | number[][][][] | null;
             /**
              * Intermediates
              * @description `per_example` (the course's): dZ carries no 1/m and the parameters' gradients get it (dW = (1/m) dZ A_prev^T); `mean` (cs231n's): dZ is already dJ/dZ, so dW = dZ A_prev^T.
@@ -2252,19 +2266,19 @@ export interface components {
         };
         /**
          * LayerBackwardResponse
-         * @description dA_prev, dZ and d<param> for every parameter of the kind (dW, db; dgamma, dbeta), each parameter's gradient in the shape it was sent in.
+         * @description dA_prev, dZ and d<param> for every parameter of the kind (dW, db; dgamma, dbeta), each parameter's gradient in the shape it was sent in (conv2d's dW in the image layout's form).
          */
         LayerBackwardResponse: {
             /**
              * Da Prev
-             * @description dJ/dA_prev = the kind's backward of dZ (dense: W^T dZ), in the layout.
+             * @description dJ/dA_prev = the kind's backward of dZ (dense: W^T dZ), as A_prev was sent.
              */
-            dA_prev: (number | null)[][];
+            dA_prev: (number | null)[][] | (number | null)[][][][];
             /**
              * Dz
-             * @description dZ as sent, or dA * g'(Z), in the layout.
+             * @description dZ as sent, or dA * g'(Z), as the layer's output.
              */
-            dZ: (number | null)[][];
+            dZ: (number | null)[][] | (number | null)[][][][];
         } & {
             [key: string]: unknown;
         };
@@ -2277,9 +2291,9 @@ export interface components {
             layer: components["schemas"]["DenseStepLayer"] | components["schemas"]["BatchnormStepLayer"] | components["schemas"]["LayernormStepLayer"] | components["schemas"]["Conv2dStepLayer"] | components["schemas"]["Maxpool2dStepLayer"] | components["schemas"]["Avgpool2dStepLayer"] | components["schemas"]["FlattenStepLayer"] | components["schemas"]["SpatialBatchnormStepLayer"] | components["schemas"]["GroupnormStepLayer"];
             /**
              * A Prev
-             * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first.
+             * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first; for the kinds on images (conv2d, the poolings, flatten, the spatial norms) an image batch, (m, C, H, W) with image_layout NCHW, (m, H, W, C) with NHWC.
              */
-            A_prev: number[][];
+            A_prev: number[][] | number[][][][];
             /**
              * Layout
              * @description Orientation of A_prev and of every (units, m) array.
@@ -2294,6 +2308,13 @@ export interface components {
              * @enum {string}
              */
             weight_layout?: "out_in" | "in_out";
+            /**
+             * Image Layout
+             * @description How image batches are held: `NCHW` (m, C, H, W) (cs231n, PyTorch; the default) or `NHWC` (m, H, W, C) (deeplearning.ai, TensorFlow): A_prev, Z, A, dA, dZ, dA_prev and the cache values of an image kind, and conv2d's W ((F, C, kh, kw) or (kh, kw, C, F)), as in /v1/gradients.
+             * @default NCHW
+             * @enum {string}
+             */
+            image_layout?: "NCHW" | "NHWC";
             /**
              * Task
              * @description `layer_forward`: the body of POST /v1/layer/forward, graded by its response's names.
@@ -2368,9 +2389,9 @@ export interface components {
             layer: components["schemas"]["DenseStepLayer"] | components["schemas"]["BatchnormStepLayer"] | components["schemas"]["LayernormStepLayer"] | components["schemas"]["Conv2dStepLayer"] | components["schemas"]["Maxpool2dStepLayer"] | components["schemas"]["Avgpool2dStepLayer"] | components["schemas"]["FlattenStepLayer"] | components["schemas"]["SpatialBatchnormStepLayer"] | components["schemas"]["GroupnormStepLayer"];
             /**
              * A Prev
-             * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first.
+             * @description The layer's input: (n_{l-1}, m) features first, or (m, n_{l-1}) examples first; for the kinds on images (conv2d, the poolings, flatten, the spatial norms) an image batch, (m, C, H, W) with image_layout NCHW, (m, H, W, C) with NHWC.
              */
-            A_prev: number[][];
+            A_prev: number[][] | number[][][][];
             /**
              * Layout
              * @description Orientation of A_prev and of every (units, m) array.
@@ -2385,33 +2406,40 @@ export interface components {
              * @enum {string}
              */
             weight_layout?: "out_in" | "in_out";
+            /**
+             * Image Layout
+             * @description How image batches are held: `NCHW` (m, C, H, W) (cs231n, PyTorch; the default) or `NHWC` (m, H, W, C) (deeplearning.ai, TensorFlow): A_prev, Z, A, dA, dZ, dA_prev and the cache values of an image kind, and conv2d's W ((F, C, kh, kw) or (kh, kw, C, F)), as in /v1/gradients.
+             * @default NCHW
+             * @enum {string}
+             */
+            image_layout?: "NCHW" | "NHWC";
         };
         /** LayerForwardResponse */
         LayerForwardResponse: {
             /**
              * Z
-             * @description The kind's output before the activation (dense: W A_prev + b), in the layout.
+             * @description The kind's output before the activation (dense: W A_prev + b; conv2d: the cross-correlation plus b), in the layout; an image batch by image_layout for the kinds whose output is one.
              */
-            Z: (number | null)[][];
+            Z: (number | null)[][] | (number | null)[][][][];
             /**
              * A
-             * @description g(Z), in the layout.
+             * @description g(Z), as Z.
              */
-            A: (number | null)[][];
+            A: (number | null)[][] | (number | null)[][][][];
             /**
              * Cache
-             * @description What the kind's cache keeps, by name (none for dense, whose cache is A_prev, W and b; batchnorm and layernorm: `xhat`, `mean`, `var`, `std` = sqrt(var + eps)). Per-example values follow the layout; per-feature ones come in the shape gamma was sent in.
+             * @description What the kind's cache keeps, by name (none for dense, conv2d, the poolings and flatten, whose caches are their inputs and parameters; batchnorm, layernorm, spatial_batchnorm, groupnorm: `xhat`, `mean`, `var`, `std` = sqrt(var + eps)). Values shaped like the activations follow the layouts (xhat); per-feature and per-channel ones come in the shape gamma was sent in (batchnorm's and spatial_batchnorm's mean, var, std); groupnorm's mean, var and std are (m, G), one per example and group.
              */
             cache: {
-                [key: string]: (number | null)[][] | number[];
+                [key: string]: (number | null)[][] | number[] | (number | null)[][][][];
             };
             /**
              * State
-             * @description Only for kinds with running statistics (batchnorm): the updated `running_mean` and `running_var`, in the shapes sent.
+             * @description Only for kinds with running statistics (batchnorm, spatial_batchnorm): the updated `running_mean` and `running_var`, in the shapes sent.
              * @default null
              */
             state?: {
-                [key: string]: (number | null)[][] | number[];
+                [key: string]: (number | null)[][] | number[] | (number | null)[][][][];
             } | null;
         };
         /**
@@ -2625,10 +2653,10 @@ export interface components {
             caches: components["schemas"]["CacheSpec"][];
             /**
              * Dal
-             * @description dJ/dA_L, the upstream gradient of the output. Send this or `AL`, `Y` and `cost`.
+             * @description dJ/dA_L, the upstream gradient of the output (an image batch when the last layer outputs one). Send this or `AL`, `Y` and `cost`.
              * @default null
              */
-            dAL?: number[][] | null;
+            dAL?: number[][] | number[][][][] | null;
             /**
              * Al
              * @description The output as cached: dA_L is then the cost's formula of it (binary cross-entropy: -(Y/AL - (1-Y)/(1-AL))), AL as sent (the course's test case has AL > 1).
@@ -2661,6 +2689,13 @@ export interface components {
              * @enum {string}
              */
             weight_layout?: "out_in" | "in_out";
+            /**
+             * Image Layout
+             * @description How image batches are held: `NCHW` (m, C, H, W) (cs231n, PyTorch; the default) or `NHWC` (m, H, W, C) (deeplearning.ai, TensorFlow): A_prev, Z, A, dA, dZ, dA_prev and the cache values of an image kind, and conv2d's W ((F, C, kh, kw) or (kh, kw, C, F)), as in /v1/gradients.
+             * @default NCHW
+             * @enum {string}
+             */
+            image_layout?: "NCHW" | "NHWC";
             /**
              * Intermediates
              * @description As in /v1/layer/backward.
@@ -2753,10 +2788,10 @@ export interface components {
             caches: components["schemas"]["CacheSpec"][];
             /**
              * Dal
-             * @description dJ/dA_L, the upstream gradient of the output. Send this or `AL`, `Y` and `cost`.
+             * @description dJ/dA_L, the upstream gradient of the output (an image batch when the last layer outputs one). Send this or `AL`, `Y` and `cost`.
              * @default null
              */
-            dAL?: number[][] | null;
+            dAL?: number[][] | number[][][][] | null;
             /**
              * Al
              * @description The output as cached: dA_L is then the cost's formula of it (binary cross-entropy: -(Y/AL - (1-Y)/(1-AL))), AL as sent (the course's test case has AL > 1).
@@ -2789,6 +2824,13 @@ export interface components {
              * @enum {string}
              */
             weight_layout?: "out_in" | "in_out";
+            /**
+             * Image Layout
+             * @description How image batches are held: `NCHW` (m, C, H, W) (cs231n, PyTorch; the default) or `NHWC` (m, H, W, C) (deeplearning.ai, TensorFlow): A_prev, Z, A, dA, dZ, dA_prev and the cache values of an image kind, and conv2d's W ((F, C, kh, kw) or (kh, kw, C, F)), as in /v1/gradients.
+             * @default NCHW
+             * @enum {string}
+             */
+            image_layout?: "NCHW" | "NHWC";
             /**
              * Intermediates
              * @description As in /v1/layer/backward.

@@ -183,6 +183,8 @@ def backward_hypotheses(layer: Layer, A_prev: Array, dA: Array | None, dZ: Array
         if dZ_wrong is None:
             return None
         dA_prev, grads = grads_of(layer, cache, dZ_wrong, m, intermediates, l2, backward)
+        if dA_prev is None:  # a mistake in the parameters' gradients only (``grads_only``): dA_prev is the kind's
+            dA_prev = grads_of(layer, cache, dZ_wrong, m, intermediates, l2)[0]
         return wire(dA_prev, dZ_wrong, grads)
 
     out = []
@@ -202,7 +204,8 @@ def backward_hypotheses(layer: Layer, A_prev: Array, dA: Array | None, dZ: Array
             run = (lambda mistake=mistake: _mistaken_forward(layer, A_prev, mistake, upstream, from_dZ))
         else:
             run = (lambda mistake=mistake: from_dZ(upstream, backward=mistake.backward))
-        out.append(StepHypothesis(mistake.code, text, run))
+        only = frozenset(f"d{p.name}" for p in layer.unit.params) if mistake.grads_only else None
+        out.append(StepHypothesis(mistake.code, text, run, keys=only))
     return out
 
 

@@ -184,8 +184,11 @@ class Kind:
     fixes this layer's output size, for the next layer's errors. ``price(in_shape, out_shape, params, hyper, m)``.
     ``new_state(cache, hyper, state)`` returns the updated running statistics (kinds with ``states``).
     ``cache_values(cache)`` names what the cache holds for a learner (``xhat``, ``mean``, ``var``): a value with
-    one entry per feature is 1-D ``(D,)`` (sent back in its parameter's shape), any other is 2-D like the
-    activations ``(rows, m)`` (sent back in the layout), so that m = 1 cannot confuse the two.
+    one entry per feature or per channel is 1-D ``(D,)`` or ``(C,)`` (sent back in its parameter's shape, e.g.
+    spatial batchnorm's mean); a value shaped like the kind's activations, 2-D ``(rows, m)`` for vectors or 4-D
+    ``(m, C, H, W)`` for images, is per example (sent back in the layout or the image layout: xhat, layernorm's
+    (1, m) mean); any other rank is sent back as the kind gives it and says so in its docstring (group norm's
+    (m, G) statistics per example and group), so that m = 1 cannot confuse the three.
     ``explain_input(h, params, hyper)``: how dA_h flows back through this kind (the layer h + 1), for explain.
     ``default_activation``: None when ``activation`` must be sent. ``source_text`` also takes the layouts.
     ``output_rank``: the feature axes of its output when they differ from ``input_rank`` (flatten: 3 -> 1); the

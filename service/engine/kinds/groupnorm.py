@@ -105,6 +105,8 @@ GROUPNORM = register(Kind(
     ),
     mistakes=(),
     new_state=None,
+    # Per example and group as (m, G) (neither per channel nor shaped like the activations: sent back as it is);
+    # xhat (m, C, H, W) like the activations.
     cache_values=lambda cache: {"xhat": cache[0], "mean": cache[3].reshape(cache[3].shape[:2]),
                                 "var": cache[4].reshape(cache[4].shape[:2]), "std": cache[1].reshape(cache[1].shape[:2])},
     explain_input=explain_input,

@@ -140,7 +140,9 @@ SPATIAL_BATCHNORM = register(Kind(
     ),
     mistakes=(),
     new_state=new_state,
-    cache_values=lambda cache: {"xhat": cache[1], "mean": cache[4], "var": cache[5], "std": cache[2]},
+    # Per channel as 1-D (C,) (sent back in gamma's shape); xhat (m, C, H, W) like the activations.
+    cache_values=lambda cache: {"xhat": cache[1], "mean": cache[4].reshape(-1), "var": cache[5].reshape(-1),
+                                "std": cache[2].reshape(-1)},
     explain_input=explain_input,
     default_activation="linear",
     notes=("In train mode the response's `state` holds the updated running statistics.",),
