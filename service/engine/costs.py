@@ -115,7 +115,8 @@ def _scale_times_exp(scale: float, E_arg: Array, offset: float) -> Array:
     the product back into range) it is evaluated as scale*offset + (exp(x/2) * scale) * exp(x/2)."""
     out = np.exp(E_arg)
     out += offset
-    out *= scale
+    if scale != 1.0:  # x * 1.0 is x, bit for bit: the pass is skipped, not changed
+        out *= scale
     big = np.isinf(out)
     if big.any():
         half = np.exp(E_arg[big] / 2)
@@ -148,7 +149,7 @@ def _within(low: float, high: float, what: str) -> Callable[[Array], str | None]
 
 def _bce_loss(Z: Array, A: Array, Y: Array) -> Array:
     # -[y log a + (1-y) log(1-a)] with a = sigmoid(z), rewritten from the logits: exact at |z| = 1000 and y in {0, 1}.
-    return np.sum(np.maximum(Z, 0.0) - Z * Y + np.log1p(np.exp(-np.abs(Z))), axis=0)
+    return np.add.reduce(np.maximum(Z, 0.0) - Z * Y + np.log1p(np.exp(-np.abs(Z))), axis=0)  # np.sum's reduction
 
 
 def _bce_dA(Z: Array, A: Array, Y: Array, scale: float = 1.0) -> Array:
