@@ -9,6 +9,7 @@ first only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional
 
@@ -106,12 +107,13 @@ def _chain(req: GradientRequest, layouts: Layouts, n_x: int) -> tuple[list[tuple
         if in_shape is None:
             shapes.append(None)
             continue
-        checked = kind.check(in_shape, sent_arrays(spec), hyperparameters(spec), layouts, where, source)
+        arrays = sent_arrays(spec)
+        checked = kind.check(in_shape, arrays, hyperparameters(spec), layouts, where, source)
         errors += [ErrorItem(location=f"{where}.{e.field}" if e.field else where, type=e.type, message=e.message)
                    for e in checked.errors]
         shapes.append(checked.out_shape)
         if checked.out_shape is not None:
-            source = kind.source_text(where, sent_arrays(spec), checked.out_shape, layouts)
+            source = kind.source_text(where, arrays, checked.out_shape, layouts)
     return shapes, errors
 
 
@@ -136,7 +138,7 @@ def _check_limits(req: GradientRequest, limits: Limits, shapes: list, m: int) ->
         elements += sum(a.size for a in arrays.values())
         if in_shape is not None and out_shape is not None:
             work += kind.price(in_shape, out_shape, arrays, hyperparameters(spec), m).forward_work
-            activations += int(np.prod(out_shape)) * m
+            activations += math.prod(out_shape) * m  # ints: np.prod's value, without building an array
     if req.dropout is not None:
         elements += sum(mask.size for mask in req.dropout.masks if mask is not None)
     if elements > limits.max_elements:
@@ -243,9 +245,10 @@ def prepare(req: GradientRequest, limits: Limits) -> Prepared:
     shapes, chain_errors = check_limits(req, limits)
     L = len(req.layers)
     errors = []
+    activation_errors = _activation_errors(req)  # once, not once per layer: the list is the same each time
     for i, spec in enumerate(req.layers):
         errors += [e for e in chain_errors if e.location == f"layers[{i}]" or e.location.startswith(f"layers[{i}].")]
-        errors += [e for e in _activation_errors(req) if e.location.startswith(f"layers[{i}].")]
+        errors += [e for e in activation_errors if e.location.startswith(f"layers[{i}].")]
     cost = COSTS[req.cost]
     out_act = req.layers[-1].activation
     if cost.output_activations is not None and out_act not in cost.output_activations:
