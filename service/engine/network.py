@@ -165,8 +165,12 @@ def penalty(layers: list[Layer], l2: float, m: int) -> float:
 
 def cost_value(unit: costs.Cost, ZL: Array, AL: Array, Y: Array, layers: list[Layer], l2: float) -> float:
     """J = (1/m) sum_i loss_i + lambda/(2m) sum ||P||_F^2; ZL, AL, Y: (n_L, m)."""
-    m = AL.shape[1]
-    J = float(np.add.reduce(unit.loss(ZL, AL, Y), axis=None) / m)  # np.sum's own reduction, without its wrapper
+    return _cost_of(unit.loss(ZL, AL, Y), AL.shape[1], layers, l2)
+
+
+def _cost_of(losses: Array, m: int, layers: list[Layer], l2: float) -> float:
+    """cost_value from the per-example losses (m,)."""
+    J = float(np.add.reduce(losses, axis=None) / m)  # np.sum's own reduction, without its wrapper
     if l2:
         J += penalty(layers, l2, m)
     if not math.isfinite(J):
@@ -189,11 +193,9 @@ def compute(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
     # the scale of a whole tiny network.
     with np.errstate(over="ignore", invalid="ignore"):
         AL, caches = _forward(X, layers, dropout, 1, forward_overrides)
-        J = cost_value(unit, caches[-1].Z, AL, Y, layers, l2)
         # per_example: dA, dZ without 1/m and the parameters' gradients with it; mean: the other way round.
         s, c = (1.0, 1.0 / m) if intermediates == "per_example" else (1.0 / m, 1.0)
-        dAL, unrepresentable = _output_gradient(unit, caches[-1].Z, AL, Y, s)
-        dZL = _output_dZ(unit, layers[-1], caches[-1], AL, Y, dAL, s)
+        J, dAL, unrepresentable, dZL = _output(unit, layers, caches[-1], AL, Y, l2, s)
         grads, dZ, dA = backward(dZL, caches, layers, scale=c, l2=l2,
                                  keep_prob=dropout.keep_prob if dropout else 1.0, overrides=backward_overrides)
         dA.append(dAL)
@@ -205,10 +207,31 @@ def compute(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
                   unrepresentable=unrepresentable, caches=caches)
 
 
+def _output(unit: costs.Cost, layers: list[Layer], cache: LayerCache, AL: Array, Y: Array, l2: float,
+            s: float) -> tuple[float, Array, Array, Array]:
+    """J, dA_L (NaN where not representable) with the mask of those entries, and dZ_L. For the cost's canonical
+    pair with ``fused_outputs``, its loss, dA and dZ come from one call that shares their common terms (bit for
+    bit the three separate functions); the cost's overflow is raised all the same, after them."""
+    last = layers[-1]
+    if last.activation == unit.fused_activation and unit.fused_outputs is not None:
+        losses, dAL, dZL = unit.fused_outputs(cache.Z, AL, Y, s)
+        J = _cost_of(losses, AL.shape[1], layers, l2)
+        if s != 1.0:
+            dZL *= s
+        return (J, *_unrepresentable(dAL), dZL)
+    J = cost_value(unit, cache.Z, AL, Y, layers, l2)
+    dAL, unrepresentable = _output_gradient(unit, cache.Z, AL, Y, s)
+    return J, dAL, unrepresentable, _output_dZ(unit, last, cache, AL, Y, dAL, s)
+
+
 def _output_gradient(unit: costs.Cost, ZL: Array, AL: Array, Y: Array, s: float) -> tuple[Array, Array]:
     """dA_L = s * d loss / dA_L (n_L, m), NaN where not representable, and the boolean mask of those entries."""
     # The scale goes into the cost's formula: (1 + e^z)/m can be finite where e^z alone is not.
-    dAL = unit.dA(ZL, AL, Y, s)
+    return _unrepresentable(unit.dA(ZL, AL, Y, s))
+
+
+def _unrepresentable(dAL: Array) -> tuple[Array, Array]:
+    """dA_L with NaN at its non-finite entries, and the boolean mask of those entries."""
     unrepresentable = ~np.isfinite(dAL)
     if unrepresentable.any():
         dAL[unrepresentable] = np.nan
