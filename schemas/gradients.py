@@ -97,8 +97,10 @@ def _over(errors: list[ErrorItem], location: str, what: str, got: int, limit: in
                             message=f"{what} is {got}, over this service's limit of {limit}"))
 
 
-def _chain(req: GradientRequest, layouts: Layouts, n_x: int) -> tuple[list[tuple[int, ...] | None], list[ErrorItem]]:
-    """Each layer's output shape through the kinds' shape rules, and their located errors."""
+def _chain(req: GradientRequest, layouts: Layouts, n_x: int, sent: list[dict]
+           ) -> tuple[list[tuple[int, ...] | None], list[ErrorItem]]:
+    """Each layer's output shape through the kinds' shape rules, and their located errors. ``sent``: each layer's
+    sent_arrays."""
     shapes: list[tuple[int, ...] | None] = [(n_x,)]
     errors: list[ErrorItem] = []
     source = f"X has {n_x} features"
@@ -107,7 +109,7 @@ def _chain(req: GradientRequest, layouts: Layouts, n_x: int) -> tuple[list[tuple
         if in_shape is None:
             shapes.append(None)
             continue
-        arrays = sent_arrays(spec)
+        arrays = sent[i]
         checked = kind.check(in_shape, arrays, hyperparameters(spec), layouts, where, source)
         errors += [ErrorItem(location=f"{where}.{e.field}" if e.field else where, type=e.type, message=e.message)
                    for e in checked.errors]
@@ -117,7 +119,7 @@ def _chain(req: GradientRequest, layouts: Layouts, n_x: int) -> tuple[list[tuple
     return shapes, errors
 
 
-def _check_limits(req: GradientRequest, limits: Limits, shapes: list, m: int) -> list[ErrorItem]:
+def _check_limits(req: GradientRequest, limits: Limits, shapes: list, m: int, sent: list[dict]) -> list[ErrorItem]:
     """Size and work limits, priced from shapes by each kind before anything is computed."""
     errors: list[ErrorItem] = []
     n_x = shapes[0][0]
@@ -131,7 +133,7 @@ def _check_limits(req: GradientRequest, limits: Limits, shapes: list, m: int) ->
     work = 0
     activations = n_x * m
     for i, spec in enumerate(req.layers):
-        kind, arrays = KINDS[spec.type], sent_arrays(spec)
+        kind, arrays = KINDS[spec.type], sent[i]
         in_shape, out_shape = shapes[i], shapes[i + 1]
         if out_shape is not None and out_shape[0] > limits.max_units:
             _over(errors, f"layers[{i}].{kind.params[0].name}", "the number of units", out_shape[0], limits.max_units)
@@ -224,14 +226,21 @@ def check_limits(req: GradientRequest, limits: Limits) -> tuple[list, list[Error
     from shapes alone: InvalidRequest (422 limit_exceeded) over any limit. No array entry is read, so it also
     prices a request whose arrays only have their shapes (the binary protocol checks every limit from its header
     before reading a tensor: service.oip_routes)."""
+    shapes, chain_errors, _ = _checked(req, limits)
+    return shapes, chain_errors
+
+
+def _checked(req: GradientRequest, limits: Limits) -> tuple[list, list[ErrorItem], list[dict]]:
+    """check_limits, also giving each layer's sent_arrays (read once, for the chain, the prices and prepare)."""
     layouts = _layouts(req)
     X = req.X.T if layouts.examples_first else req.X
     n_x, m = X.shape
-    shapes, chain_errors = _chain(req, layouts, n_x)
-    errors = _check_limits(req, limits, shapes, m)
+    sent = [sent_arrays(spec) for spec in req.layers]
+    shapes, chain_errors = _chain(req, layouts, n_x, sent)
+    errors = _check_limits(req, limits, shapes, m, sent)
     if errors:
         raise InvalidRequest(errors, status=422, title="Request over the limits", slug="limit-exceeded")
-    return shapes, chain_errors
+    return shapes, chain_errors, sent
 
 
 def prepare(req: GradientRequest, limits: Limits) -> Prepared:
@@ -242,7 +251,7 @@ def prepare(req: GradientRequest, limits: Limits) -> Prepared:
     layouts = _layouts(req)
     X = req.X.T if layouts.examples_first else req.X
     m = X.shape[1]
-    shapes, chain_errors = check_limits(req, limits)
+    shapes, chain_errors, sent = _checked(req, limits)
     L = len(req.layers)
     errors = []
     activation_errors = _activation_errors(req)  # once, not once per layer: the list is the same each time
@@ -264,7 +273,7 @@ def prepare(req: GradientRequest, limits: Limits) -> Prepared:
         raise InvalidRequest(errors)
     layers = [_engine_layer(spec, layouts, shapes[i]) for i, spec in enumerate(req.layers)]
     return Prepared(X=X, Y=Y, layers=layers, dropout=dropout, layouts=layouts,
-                    sent=[sent_arrays(spec) for spec in req.layers], shapes=shapes)
+                    sent=sent, shapes=shapes)
 
 
 def _dropout(req: GradientRequest, shapes: list, m: int, errors: list[ErrorItem]) -> Dropout | None:
