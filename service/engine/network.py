@@ -199,7 +199,9 @@ def compute(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
         grads, dZ, dA = backward(dZL, caches, layers, scale=c, l2=l2,
                                  keep_prob=dropout.keep_prob if dropout else 1.0, overrides=backward_overrides)
         dA.append(dAL)
-        _check_finite(grads, dZ, dA[:-1], _input_grad_finite(layers[0], dZ[0], caches[0], backward_overrides))
+        dA0_finite = not (forward_overrides and 1 in forward_overrides) and \
+            _input_grad_finite(layers[0], dZ[0], caches[0], backward_overrides)
+        _check_finite(grads, dZ, dA[:-1], dA0_finite)
     A = [cache.A_prev for cache in caches[1:]] + [AL]
     state = [layer.unit.new_state(cache.kind_cache, layer.hyper, layer.state) if layer.unit.states else {}
              for layer, cache in zip(layers, caches)]
@@ -296,8 +298,8 @@ SAFE_BOUND = 1e300
 
 
 def _input_grad_finite(layer: Layer, dZ1: Array, cache: LayerCache, overrides: dict[int, Any] | None) -> bool:
-    """Whether layer 1's kind proves dA_0 finite by its ``input_grad_bound`` (never under a replacement backward,
-    whose dA_0 the bound does not describe)."""
+    """Whether layer 1's kind proves dA_0 finite by its ``input_grad_bound`` (never under a replacement forward or
+    backward of layer 1, whose cache or dA_0 the bound does not describe: compute checks the forward's)."""
     bound = layer.unit.input_grad_bound
     if bound is None or (overrides and 1 in overrides):
         return False
