@@ -318,15 +318,17 @@ def table(label: str, result: dict) -> list[str]:
              f"XLA_FLAGS `{result['xla_flags'] or '(none: all cores)'}`; OPENBLAS_* {result['openblas_env'] or '{}'}",
              "",
              "| network | m | calls | engine | torch | JAX | own matmuls | engine/torch | engine/JAX | engine/own | "
-             "JAX compile | max rel diff torch, JAX | loadavg | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "min/min: torch, JAX, own | JAX compile | max rel diff torch, JAX | loadavg | targets |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         med = row["median"]
         t = {k: f"{med[k] * 1e6:.1f} us" if med[k] < 1e-3 else f"{med[k] * 1e3:.2f} ms" for k in VARIANTS}
         lines.append(
             f"| {row['sizes']} | {row['m']} | {row['n']} | {t['engine']} | {t['torch']} | {t['jax']} | "
             f"{t['matmuls']} | {med['engine'] / med['torch']:.2f} | {med['engine'] / med['jax']:.2f} | "
-            f"{med['engine'] / med['matmuls']:.2f} | {row['compile_s']:.2f} s | "
+            f"{med['engine'] / med['matmuls']:.2f} | "
+            + ", ".join(f"{row['min']['engine'] / row['min'][k]:.2f}" for k in ("torch", "jax", "matmuls"))
+            + f" | {row['compile_s']:.2f} s | "
             f"{row['max_rel_diff']['torch']:.0e}, {row['max_rel_diff']['jax']:.0e} | "
             f"{row['loadavg'][0]:.2f}-{row['loadavg'][1]:.2f} | {'; '.join(verdict(row))} |")
     return lines + [""]
@@ -338,6 +340,9 @@ def machine_lines(load_before, load_after, quick: bool) -> list[str]:
                 if line.startswith("model name")), platform.processor())
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    commit += " with uncommitted changes" if dirty else ""
     busy = max(load_before[0], load_after[0]) > 0.5
     return [f"- date (UTC): {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}; commit {commit}",
             f"- CPU: {cpu}, {len(os.sched_getaffinity(0))} usable cores; Python {platform.python_version()}; "
@@ -369,7 +374,8 @@ def main() -> None:
             lines += part
     head = ["# Engine against torch, JAX and its own matrix products", "",
             "Written by `python bench/engine.py` (see bench/README.md). Times are medians per call; `own` is the "
-            "engine's matrix products alone; ratios are median / median.", ""]
+            "engine's matrix products alone; ratios are median / median (and min / min, steadier on a busy "
+            "machine). The targets are judged on the medians.", ""]
     text = "\n".join(head + machine_lines(load_before, os.getloadavg(), args.quick) + lines)
     if not args.no_write:
         args.out.write_text(text)
