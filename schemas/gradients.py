@@ -13,6 +13,7 @@ dropout mask; the engine holds images as (m, C, H, W) (``Layouts.to_engine_activ
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, Optional
 
@@ -145,10 +146,10 @@ def _rank_error(i: int, spec, in_rank: int, source: str, layouts: Layouts) -> Er
     return ErrorItem(location=f"layers[{i}]", type="rank_mismatch", message=message)
 
 
-def _chain(req: GradientRequest, layouts: Layouts, n_x: int | tuple[int, ...]
+def _chain(req: GradientRequest, layouts: Layouts, n_x: int | tuple[int, ...], sent: list[dict]
            ) -> tuple[list[tuple[int, ...] | None], list[ErrorItem]]:
     """Each layer's output shape through the kinds' shape rules, and their located errors. ``n_x``: X's feature
-    shape ((n_x,) or (C, H, W)); an int is (n_x,)."""
+    shape ((n_x,) or (C, H, W)); an int is (n_x,). ``sent``: each layer's sent_arrays."""
     first = (n_x,) if isinstance(n_x, int) else tuple(n_x)
     shapes: list[tuple[int, ...] | None] = [first]
     errors: list[ErrorItem] = []
@@ -162,12 +163,13 @@ def _chain(req: GradientRequest, layouts: Layouts, n_x: int | tuple[int, ...]
             errors.append(_rank_error(i, spec, len(in_shape), source, layouts))
             shapes.append(None)
             continue
-        checked = kind.check(in_shape, sent_arrays(spec), hyperparameters(spec), layouts, where, source)
+        arrays = sent[i]
+        checked = kind.check(in_shape, arrays, hyperparameters(spec), layouts, where, source)
         errors += [ErrorItem(location=f"{where}.{e.field}" if e.field else where, type=e.type, message=e.message)
                    for e in checked.errors]
         shapes.append(checked.out_shape)
         if checked.out_shape is not None:
-            source = kind.source_text(where, sent_arrays(spec), checked.out_shape, layouts)
+            source = kind.source_text(where, arrays, checked.out_shape, layouts)
     if shapes[-1] is not None and len(shapes[-1]) != 1:
         turning = [k.name for k in KINDS.values() if k.input_rank == len(shapes[-1]) and k.out_rank == 1]
         errors.append(ErrorItem(
@@ -177,12 +179,12 @@ def _chain(req: GradientRequest, layouts: Layouts, n_x: int | tuple[int, ...]
     return shapes, errors
 
 
-def _layout_hint(req: GradientRequest, layouts: Layouts) -> list[ErrorItem]:
+def _layout_hint(req: GradientRequest, layouts: Layouts, sent: list[dict]) -> list[ErrorItem]:
     """When the shape chain fails with the request's image layout and passes with the other one, the one error
     that says so, at ``image_layout``; else none."""
     other = replace(layouts, channels_last=not layouts.channels_last)
     features, _ = _features(other.to_engine_activation(req.X))
-    if _chain(req, other, features)[1]:
+    if _chain(req, other, features, sent)[1]:
         return []
     name, image = ("NHWC", "(m, H, W, C)") if other.channels_last else ("NCHW", "(m, C, H, W)")
     return [ErrorItem(location="image_layout", type="layout_mismatch",
@@ -191,7 +193,7 @@ def _layout_hint(req: GradientRequest, layouts: Layouts) -> list[ErrorItem]:
                               f"{name}?")]
 
 
-def _check_limits(req: GradientRequest, limits: Limits, shapes: list, m: int) -> list[ErrorItem]:
+def _check_limits(req: GradientRequest, limits: Limits, shapes: list, m: int, sent: list[dict]) -> list[ErrorItem]:
     """Size and work limits, priced from shapes by each kind before anything is computed."""
     errors: list[ErrorItem] = []
     first = shapes[0]
@@ -207,7 +209,7 @@ def _check_limits(req: GradientRequest, limits: Limits, shapes: list, m: int) ->
     work = total = stored = 0
     activations = int(np.prod(first)) * m
     for i, spec in enumerate(req.layers):
-        kind, arrays = KINDS[spec.type], sent_arrays(spec)
+        kind, arrays = KINDS[spec.type], sent[i]
         in_shape, out_shape = shapes[i], shapes[i + 1]
         # A layer with parameters sets its output's units (or channels); the others follow their input.
         if out_shape is not None and kind.params and out_shape[0] > limits.max_units:
@@ -216,7 +218,7 @@ def _check_limits(req: GradientRequest, limits: Limits, shapes: list, m: int) ->
         if in_shape is not None and out_shape is not None:
             price = kind.price(in_shape, out_shape, arrays, hyperparameters(spec), m)
             work, total, stored = work + price.forward_work, total + price.work, stored + price.stored
-            activations += int(np.prod(out_shape)) * m
+            activations += math.prod(out_shape) * m  # ints: np.prod's value, without building an array
             if price.window > limits.max_kernel_size:
                 _over(errors, f"layers[{i}]", "the largest side of the kernel or window", price.window,
                       limits.max_kernel_size)
@@ -327,14 +329,21 @@ def check_limits(req: GradientRequest, limits: Limits) -> tuple[list, list[Error
     from shapes alone: InvalidRequest (422 limit_exceeded) over any limit. No array entry is read, so it also
     prices a request whose arrays only have their shapes (the binary protocol checks every limit from its header
     before reading a tensor: service.oip_routes)."""
+    shapes, chain_errors, _ = _checked(req, limits)
+    return shapes, chain_errors
+
+
+def _checked(req: GradientRequest, limits: Limits) -> tuple[list, list[ErrorItem], list[dict]]:
+    """check_limits, also giving each layer's sent_arrays (read once, for the chain, the prices and prepare)."""
     layouts = _layouts(req)
     X = layouts.to_engine_activation(req.X)
     features, m = _features(X)
-    shapes, chain_errors = _chain(req, layouts, features)
-    errors = _check_limits(req, limits, shapes, m)
+    sent = [sent_arrays(spec) for spec in req.layers]
+    shapes, chain_errors = _chain(req, layouts, features, sent)
+    errors = _check_limits(req, limits, shapes, m, sent)
     if errors:
         raise InvalidRequest(errors, status=422, title="Request over the limits", slug="limit-exceeded")
-    return shapes, chain_errors
+    return shapes, chain_errors, sent
 
 
 def prepare(req: GradientRequest, limits: Limits) -> Prepared:
@@ -345,14 +354,15 @@ def prepare(req: GradientRequest, limits: Limits) -> Prepared:
     layouts = _layouts(req)
     X = layouts.to_engine_activation(req.X)
     m = _features(X)[1]
-    shapes, chain_errors = check_limits(req, limits)
+    shapes, chain_errors, sent = _checked(req, limits)
     L = len(req.layers)
-    errors = _layout_hint(req, layouts) if chain_errors and X.ndim == 4 else []
+    errors = _layout_hint(req, layouts, sent) if chain_errors and X.ndim == 4 else []
     if errors:  # every shape error comes from reading the images the wrong way round
         chain_errors = []
+    activation_errors = _activation_errors(req)  # once, not once per layer: the list is the same each time
     for i, spec in enumerate(req.layers):
         errors += [e for e in chain_errors if e.location == f"layers[{i}]" or e.location.startswith(f"layers[{i}].")]
-        errors += [e for e in _activation_errors(req) if e.location.startswith(f"layers[{i}].")]
+        errors += [e for e in activation_errors if e.location.startswith(f"layers[{i}].")]
     cost = COSTS[req.cost]
     out_act = req.layers[-1].activation
     if cost.output_activations is not None and out_act not in cost.output_activations:
@@ -368,7 +378,7 @@ def prepare(req: GradientRequest, limits: Limits) -> Prepared:
         raise InvalidRequest(errors)
     layers = [_engine_layer(spec, layouts, shapes[i]) for i, spec in enumerate(req.layers)]
     return Prepared(X=X, Y=Y, layers=layers, dropout=dropout, layouts=layouts,
-                    sent=[sent_arrays(spec) for spec in req.layers], shapes=shapes)
+                    sent=sent, shapes=shapes)
 
 
 def _dropout(req: GradientRequest, shapes: list, m: int, errors: list[ErrorItem]) -> Dropout | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, TypeVar
 
 from flask import Response, current_app, request
@@ -29,6 +30,7 @@ _MAX_OBJECTS = 8_192
 _MAX_STRINGS = 65_536
 
 
+@functools.lru_cache(maxsize=16)  # Limits and Structure are frozen: the same limits give the same caps, every request
 def structure_caps(limits: Limits) -> json_body.Structure:
     """The structural counts a body may have, from the request limits: a grading body holds the network's
     arrays and as many submitted numbers again, so twice ``max_elements`` numbers; a row of a matrix holds at

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from service.engine.activations import log_softmax, sigmoid
+from service.engine.activations import log_softmax
 
 Array = np.ndarray
 
@@ -68,6 +68,10 @@ class Cost:
     output_dZ: Callable[[Array, Array], Array]
     output_error: Callable[[Array], str | None]
     output_domain: str  # in words, for the docs: "every entry in [0, 1] (a sigmoid output)"
+    # Optional, for the canonical pair: ``fused_outputs(Z, A, Y, scale) -> (loss(Z, A, Y), dA(Z, A, Y, scale),
+    # fused_dZ(Z, A, Y))``, bit for bit those three, computing what they share once (one log_softmax, one
+    # exp(-|z|)). The network calls it when the output layer has the fused activation.
+    fused_outputs: Callable[..., tuple[Array, Array, Array]] | None = None
 
     def __post_init__(self) -> None:
         for name in ("loss", "dA", "fused_dZ", "label_error", "textbook_loss", "textbook_dA", "textbook_dZ",
@@ -118,7 +122,8 @@ def _scale_times_exp(scale: float, E_arg: Array, offset: float) -> Array:
     the product back into range) it is evaluated as scale*offset + (exp(x/2) * scale) * exp(x/2)."""
     out = np.exp(E_arg)
     out += offset
-    out *= scale
+    if scale != 1.0:  # x * 1.0 is x, bit for bit: the pass is skipped, not changed
+        out *= scale
     big = np.isinf(out)
     if big.any():
         half = np.exp(E_arg[big] / 2)
@@ -150,19 +155,39 @@ def _within(low: float, high: float, what: str) -> Callable[[Array], str | None]
 # --- binary cross-entropy ---------------------------------------------------------------------------------
 
 def _bce_loss(Z: Array, A: Array, Y: Array) -> Array:
+    return _bce_loss_of(Z, Y, np.exp(-np.abs(Z)))
+
+
+def _bce_loss_of(Z: Array, Y: Array, e: Array) -> Array:
     # -[y log a + (1-y) log(1-a)] with a = sigmoid(z), rewritten from the logits: exact at |z| = 1000 and y in {0, 1}.
-    return np.sum(np.maximum(Z, 0.0) - Z * Y + np.log1p(np.exp(-np.abs(Z))), axis=0)
+    # e = exp(-|z|); np.add.reduce is np.sum's own reduction.
+    return np.add.reduce(np.maximum(Z, 0.0) - Z * Y + np.log1p(e), axis=0)
 
 
 def _bce_dA(Z: Array, A: Array, Y: Array, scale: float = 1.0) -> Array:
+    return _bce_dA_of(Z, Y, 1.0 - Y, scale)
+
+
+def _bce_dA_of(Z: Array, Y: Array, not_y: Array, scale: float) -> Array:
     # -(y/a - (1-y)/(1-a)) with 1/a = 1 + exp(-z) and 1/(1-a) = 1 + exp(z): no division by a rounded 0 or 1.
     with np.errstate(over="ignore"):
-        return _scaled(1.0 - Y, _scale_times_exp(scale, Z, 1.0)) - _scaled(Y, _scale_times_exp(scale, -Z, 1.0))
+        return _scaled(not_y, _scale_times_exp(scale, Z, 1.0)) - _scaled(Y, _scale_times_exp(scale, -Z, 1.0))
 
 
 def _bce_fused_dZ(Z: Array, A: Array, Y: Array) -> Array:
+    return _bce_dZ_of(Z, A, Y, 1.0 - Y, np.exp(-np.abs(Z)))
+
+
+def _bce_dZ_of(Z: Array, A: Array, Y: Array, not_y: Array, e: Array) -> Array:
     # a - y = (1 - y) sigma(z) - y sigma(-z): for y = 1 this is -sigma(-z), exact where 1 - a rounds to 0.
-    return (1.0 - Y) * A - Y * sigmoid(-Z)
+    # sigma(-z) as activations.sigmoid(-z) evaluates it, from e = exp(-|z|) (|-z| is |z|) and -z >= 0, i.e. z <= 0.
+    return not_y * A - Y * (np.where(Z <= 0, 1.0, e) / (1.0 + e))
+
+
+def _bce_outputs(Z: Array, A: Array, Y: Array, scale: float = 1.0) -> tuple[Array, Array, Array]:
+    """loss, dA and fused dZ with exp(-|z|) and 1 - y computed once."""
+    e, not_y = np.exp(-np.abs(Z)), 1.0 - Y
+    return _bce_loss_of(Z, Y, e), _bce_dA_of(Z, Y, not_y, scale), _bce_dZ_of(Z, A, Y, not_y, e)
 
 
 def _bce_unstable(A: Array, Y: Array, k: int, i: int) -> str:
@@ -213,27 +238,43 @@ register(Cost(
     output_dZ=lambda A, Y: A - Y,
     output_error=_within(0.0, 1.0, "binary_cross_entropy (a sigmoid output)"),
     output_domain="every entry in [0, 1] (a sigmoid output)",
+    fused_outputs=_bce_outputs,
 ))
 
 
 # --- categorical cross-entropy ----------------------------------------------------------------------------
 
 def _cce_loss(Z: Array, A: Array, Y: Array) -> Array:
+    return _cce_loss_of(Y, log_softmax(Z))
+
+
+def _cce_loss_of(Y: Array, log_a: Array) -> Array:
     # -sum_k y_k log a_k through a max-shifted log-softmax; y == 0 entries contribute exactly 0.
-    return -np.sum(_scaled(Y, log_softmax(Z)), axis=0)
+    return -np.sum(_scaled(Y, log_a), axis=0)
 
 
 def _cce_dA(Z: Array, A: Array, Y: Array, scale: float = 1.0) -> Array:
+    return _cce_dA_of(Y, log_softmax(Z), scale)
+
+
+def _cce_dA_of(Y: Array, log_a: Array, scale: float) -> Array:
     # -y/a with 1/a = exp(-log_softmax(z)): finite until a is below ~1e-308.
     with np.errstate(over="ignore"):
-        return -_scaled(Y, _scale_times_exp(scale, -log_softmax(Z), 0.0))
+        return -_scaled(Y, _scale_times_exp(scale, -log_a, 0.0))
 
 
 def _cce_fused_dZ(Z: Array, A: Array, Y: Array) -> Array:
     # With one-hot y, a_k - 1 at the true class k equals -sum_{j != k} a_j: summed from small terms it stays
-    # exact where a_k rounds to 1.
-    others = np.sum(A * (1.0 - Y), axis=0, keepdims=True)
-    return A * (1.0 - Y) - Y * others
+    # exact where a_k rounds to 1. a (1 - y) is formed once and used twice.
+    others_terms = A * (1.0 - Y)
+    others = np.sum(others_terms, axis=0, keepdims=True)
+    return others_terms - Y * others
+
+
+def _cce_outputs(Z: Array, A: Array, Y: Array, scale: float = 1.0) -> tuple[Array, Array, Array]:
+    """loss, dA and fused dZ with one log_softmax(z)."""
+    log_a = log_softmax(Z)
+    return _cce_loss_of(Y, log_a), _cce_dA_of(Y, log_a, scale), _cce_fused_dZ(Z, A, Y)
 
 
 def _cce_textbook_dZ(A: Array, Y: Array) -> Array:
@@ -301,6 +342,7 @@ register(Cost(
     output_dZ=lambda A, Y: _cce_fused_dZ(A, A, Y),
     output_error=_softmax_columns,
     output_domain="every entry in [0, 1], each column summing to 1 (a softmax output)",
+    fused_outputs=_cce_outputs,
 ))
 
 

@@ -135,17 +135,23 @@ def forward(X: Array, layers: list[Layer], dropout: Dropout | None = None, start
             overrides: dict[int, Any] | None = None) -> tuple[Array, list[LayerCache]]:
     """A_{start-1} (X for start = 1) -> A_L and one cache per layer start..L; NumericalOverflow if any Z_l leaves
     float64. ``overrides``: layer -> a replacement forward function."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _forward(X, layers, dropout, start, overrides)
+
+
+def _forward(X: Array, layers: list[Layer], dropout: Dropout | None, start: int,
+             overrides: dict[int, Any] | None) -> tuple[Array, list[LayerCache]]:
+    """forward's loop; the caller holds np.errstate(over="ignore", invalid="ignore")."""
     A, caches = X, []
     L = len(layers)
     keep_prob = dropout.keep_prob if dropout is not None else 1.0
-    with np.errstate(over="ignore", invalid="ignore"):
-        for l in range(start, L + 1):
-            layer = layers[l - 1]
-            mask = dropout.mask(l, L) if dropout is not None else None
-            A, cache = layer_forward(A, layer, mask, keep_prob, forward=(overrides or {}).get(l))
-            if not _all_finite(cache.Z):
-                raise NumericalOverflow(f"Z{l}", l, "forward pass")
-            caches.append(cache)
+    for l in range(start, L + 1):
+        layer = layers[l - 1]
+        mask = dropout.mask(l, L) if dropout is not None else None
+        A, cache = layer_forward(A, layer, mask, keep_prob, forward=overrides.get(l) if overrides else None)
+        if not _all_finite(cache.Z):
+            raise NumericalOverflow(f"Z{l}", l, "forward pass")
+        caches.append(cache)
     return A, caches
 
 
@@ -159,8 +165,12 @@ def penalty(layers: list[Layer], l2: float, m: int) -> float:
 
 def cost_value(unit: costs.Cost, ZL: Array, AL: Array, Y: Array, layers: list[Layer], l2: float) -> float:
     """J = (1/m) sum_i loss_i + lambda/(2m) sum ||P||_F^2; ZL, AL, Y: (n_L, m)."""
-    m = AL.shape[1]
-    J = float(np.sum(unit.loss(ZL, AL, Y)) / m)
+    return _cost_of(unit.loss(ZL, AL, Y), AL.shape[1], layers, l2)
+
+
+def _cost_of(losses: Array, m: int, layers: list[Layer], l2: float) -> float:
+    """cost_value from the per-example losses (m,)."""
+    J = float(np.add.reduce(losses, axis=None) / m)  # np.sum's own reduction, without its wrapper
     if l2:
         J += penalty(layers, l2, m)
     if not math.isfinite(J):
@@ -179,17 +189,19 @@ def compute(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
         raise ValueError(f"intermediates must be one of {INTERMEDIATES}")
     unit = costs.get(cost)
     m = Y.shape[1]
-    AL, caches = forward(X, layers, dropout, overrides=forward_overrides)
+    # One errstate for the whole pass (forward's own is the same): entering one costs microseconds, which is
+    # the scale of a whole tiny network.
     with np.errstate(over="ignore", invalid="ignore"):
-        J = cost_value(unit, caches[-1].Z, AL, Y, layers, l2)
+        AL, caches = _forward(X, layers, dropout, 1, forward_overrides)
         # per_example: dA, dZ without 1/m and the parameters' gradients with it; mean: the other way round.
         s, c = (1.0, 1.0 / m) if intermediates == "per_example" else (1.0 / m, 1.0)
-        dAL, unrepresentable = _output_gradient(unit, caches[-1].Z, AL, Y, s)
-        dZL = _output_dZ(unit, layers[-1], caches[-1], AL, Y, dAL, s)
+        J, dAL, unrepresentable, dZL = _output(unit, layers, caches[-1], AL, Y, l2, s)
         grads, dZ, dA = backward(dZL, caches, layers, scale=c, l2=l2,
                                  keep_prob=dropout.keep_prob if dropout else 1.0, overrides=backward_overrides)
         dA.append(dAL)
-        _check_finite(grads, dZ, dA[:-1])
+        dA0_finite = not (forward_overrides and 1 in forward_overrides) and \
+            _input_grad_finite(layers[0], dZ[0], caches[0], backward_overrides)
+        _check_finite(grads, dZ, dA[:-1], dA0_finite)
     A = [cache.A_prev for cache in caches[1:]] + [AL]
     state = [layer.unit.new_state(cache.kind_cache, layer.hyper, layer.state) if layer.unit.states else {}
              for layer, cache in zip(layers, caches)]
@@ -197,10 +209,31 @@ def compute(X: Array, Y: Array, layers: list[Layer], cost: str, *, l2: float = 0
                   unrepresentable=unrepresentable, caches=caches)
 
 
+def _output(unit: costs.Cost, layers: list[Layer], cache: LayerCache, AL: Array, Y: Array, l2: float,
+            s: float) -> tuple[float, Array, Array, Array]:
+    """J, dA_L (NaN where not representable) with the mask of those entries, and dZ_L. For the cost's canonical
+    pair with ``fused_outputs``, its loss, dA and dZ come from one call that shares their common terms (bit for
+    bit the three separate functions); the cost's overflow is raised all the same, after them."""
+    last = layers[-1]
+    if last.activation == unit.fused_activation and unit.fused_outputs is not None:
+        losses, dAL, dZL = unit.fused_outputs(cache.Z, AL, Y, s)
+        J = _cost_of(losses, AL.shape[1], layers, l2)
+        if s != 1.0:
+            dZL *= s
+        return (J, *_unrepresentable(dAL), dZL)
+    J = cost_value(unit, cache.Z, AL, Y, layers, l2)
+    dAL, unrepresentable = _output_gradient(unit, cache.Z, AL, Y, s)
+    return J, dAL, unrepresentable, _output_dZ(unit, last, cache, AL, Y, dAL, s)
+
+
 def _output_gradient(unit: costs.Cost, ZL: Array, AL: Array, Y: Array, s: float) -> tuple[Array, Array]:
     """dA_L = s * d loss / dA_L (n_L, m), NaN where not representable, and the boolean mask of those entries."""
     # The scale goes into the cost's formula: (1 + e^z)/m can be finite where e^z alone is not.
-    dAL = unit.dA(ZL, AL, Y, s)
+    return _unrepresentable(unit.dA(ZL, AL, Y, s))
+
+
+def _unrepresentable(dAL: Array) -> tuple[Array, Array]:
+    """dA_L with NaN at its non-finite entries, and the boolean mask of those entries."""
     unrepresentable = ~np.isfinite(dAL)
     if unrepresentable.any():
         dAL[unrepresentable] = np.nan
@@ -259,16 +292,33 @@ def backward(dZL: Array, caches: list[LayerCache], layers: list[Layer], *, scale
     return grads, dZs, dAs
 
 
-def _check_finite(grads: list[dict[str, Array]], dZ: list[Array], dA: list[Array]) -> None:
+# A bound on |entries| below this proves them finite: float64 reaches 1.8e308, and the rounding of a sum of n finite
+# terms adds a relative (1 + 2^-53)^n, far less than this margin of 1e8 for any n a request can hold.
+SAFE_BOUND = 1e300
+
+
+def _input_grad_finite(layer: Layer, dZ1: Array, cache: LayerCache, overrides: dict[int, Any] | None) -> bool:
+    """Whether layer 1's kind proves dA_0 finite by its ``input_grad_bound`` (never under a replacement forward or
+    backward of layer 1, whose cache or dA_0 the bound does not describe: compute checks the forward's)."""
+    bound = layer.unit.input_grad_bound
+    if bound is None or (overrides and 1 in overrides):
+        return False
+    b = bound(dZ1, cache.kind_cache)
+    return b is not None and b < SAFE_BOUND
+
+
+def _check_finite(grads: list[dict[str, Array]], dZ: list[Array], dA: list[Array], dA0_finite: bool = False) -> None:
     """NumericalOverflow naming the first gradient that left float64's range.
 
     A parameter's gradient is a sum over the examples of products with dZ_l, and dZ_l = dA_l * g'(Z_l) (masked or
     not) turns a non-finite dA_l into a non-finite dZ_l; so the parameters' gradients and dA_0 cover every array.
     The others are inspected one by one only when that cheap test fails (a sum can also overflow with finite
-    terms).
+    terms). ``dA0_finite``: dA_0 is known finite (by its kind's bound) and left out of the cheap test, which then
+    has the same outcome (a finite dA_0 is never the array named).
     """
     total = sum(np.add.reduce(g, axis=None) for layer in grads for g in layer.values())
-    total += np.add.reduce(dA[0], axis=None)
+    if not dA0_finite:
+        total += np.add.reduce(dA[0], axis=None)
     if math.isfinite(total):
         return
     # In the order the keys are listed: each parameter name across the layers (dW1..dWL, db1..dbL, ...), then dZ, dA.

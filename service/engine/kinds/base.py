@@ -216,6 +216,10 @@ class Kind:
     notes: tuple[str, ...] = field(default=())
     output_rank: int | None = None
     engine_hyper: Callable[[dict, Layouts], dict] | None = None
+    # Optional: ``input_grad_bound(dout, cache)``, a cheap upper bound on every |entry| of backward's dx, or None
+    # when it would not be cheaper than reading dx. The network skips dx's finiteness reduction when the bound
+    # proves it finite (the first layer's dA0 can be the largest array of all).
+    input_grad_bound: Callable | None = None
 
     @property
     def out_rank(self) -> int:
@@ -224,7 +228,8 @@ class Kind:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None and f.name not in ("new_state", "default_activation", "output_rank", "engine_hyper"):
+            if value is None and f.name not in ("new_state", "default_activation", "output_rank", "engine_hyper",
+                                                "input_grad_bound"):
                 raise TypeError(f"layer kind {self.name!r}: {f.name} is required")
         if self.states and self.new_state is None:
             raise TypeError(f"layer kind {self.name!r} has running statistics but no new_state")
