@@ -263,6 +263,11 @@ def child(threads: int, quick: bool) -> None:
     import threadpoolctl
     import torch
     sys.path.insert(0, str(ROOT))
+    from service import tuning
+
+    # The service's allocator setting (gunicorn.conf.py applies it before the workers fork): freed arrays stay
+    # on the heap, so a pass does not pay fresh pages for every large array. Every side of the run shares it.
+    tuning.keep_freed_arrays()
     torch.set_num_threads(threads)
     with threadpoolctl.threadpool_limits(limits=threads, user_api="blas"):
         import numpy  # noqa: F401  (numpy's OpenBLAS is loaded, so threadpoolctl sees it)
