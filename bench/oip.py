@@ -335,7 +335,7 @@ def main() -> None:
                      "json_body": len(requests["json"][0]), "json_response": len(json_response)}
             for name in requests:  # warm-up: one of each
                 call(port, "POST", *_args(requests[name]))
-            with Contention() as load:
+            with Contention(exclude=(pid, proc.pid)) as load:  # the server it measures is not other work
                 rows = measure(port, pid, requests, args.rounds, args.per_round)
         finally:
             stop(proc)

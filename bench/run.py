@@ -86,10 +86,15 @@ def interleaved(variants: dict, rounds: int, reps: int, warmup: int) -> dict[str
 class Contention:
     """How much CPU other processes took while a section ran: busy time of the whole machine (/proc/stat) minus
     this process's own (os.times), as a share of wall time x usable cores. Above a few percent the figures of that
-    section are not trustworthy."""
+    section are not trustworthy. ``exclude``: pids of the processes the section measures (a server it started),
+    whose CPU is theirs, not other work's."""
+
+    def __init__(self, exclude: tuple[int, ...] = ()):
+        self.exclude = exclude
 
     def __enter__(self):
         self.t0, self.stat0, self.own0 = time.perf_counter(), self._stat(), os.times()
+        self.excluded0 = self._ticks(self.exclude)
         return self
 
     def __exit__(self, *exc):
@@ -98,8 +103,21 @@ class Contention:
         tick = os.sysconf("SC_CLK_TCK")
         busy = (stat1 - self.stat0) / tick if stat1 is not None and self.stat0 is not None else float("nan")
         own = (own1.user - self.own0.user) + (own1.system - self.own0.system)
+        own += (self._ticks(self.exclude) - self.excluded0) / tick
         self.others = max(0.0, busy - own) / (wall * len(os.sched_getaffinity(0)))
         return False
+
+    @staticmethod
+    def _ticks(pids: tuple[int, ...]) -> int:
+        """User + system clock ticks of these processes so far (/proc/<pid>/stat; 0 for one that is gone)."""
+        total = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, ValueError, IndexError):
+                pass
+        return total
 
     @staticmethod
     def _stat():

@@ -12,7 +12,10 @@ proxy in front of sync workers, or an async worker without one). On top of it:
   thousand connections could each hold up to GRADIENT_MAX_BODY_BYTES. A new body waits while the bodies in flight
   hold 2 x GRADIENT_MAX_BODY_BYTES, and any is refused (503) past 4 x (BodyBudget);
 - the errors gunicorn answers itself (400, 408, 414, 417, 431, 501) as RFC 9457 problem+json, like every other
-  error of the service, instead of gunicorn's text/html page.
+  error of the service, instead of gunicorn's text/html page;
+- one worker at a time restarts after its max_requests (service.lifecycle.claim_recycle): a restarting worker
+  stops accepting and waits for its open connections, slow uploads included, so two at once left no worker
+  accepting for as long as the slowest upload (measured: 5 s stalls of every new connection under slow bodies).
 
 numpy releases nothing to gevent: a computation runs to its end without yielding, so a worker still computes one
 request at a time (as the sync worker did) while its other connections wait for their bytes at no cost.
@@ -21,6 +24,8 @@ request at a time (as the sync worker did) while its other connections wait for 
 from __future__ import annotations
 
 import datetime
+import os
+import sys
 import time
 import uuid
 
@@ -32,6 +37,7 @@ from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 from werkzeug.exceptions import ServiceUnavailable
 
+from service import lifecycle
 from service.config import Settings
 
 # Largest single read of a body: bounds how far the bodies in flight can overshoot their budget (each connection
@@ -194,6 +200,8 @@ class GeventWorker(_GunicornGeventWorker):
         super().__init__(*args, **kwargs)
         self.settings = Settings.load()
         self.budget = None  # made in run(), in the worker process, once gevent's hub is set up
+        # gunicorn restarts a worker as soon as it reaches max_requests; this one restarts when no other is.
+        self.recycle_at, self.max_requests = self.max_requests, sys.maxsize
 
     def run(self):
         limit = self.settings.max_body_bytes
@@ -209,6 +217,9 @@ class GeventWorker(_GunicornGeventWorker):
             return super().handle_request(listener_name, req, sock, addr)
         finally:
             sock.finish()
+            if self.nr >= self.recycle_at and self.alive and lifecycle.claim_recycle(os.getpid()):
+                self.log.info("Autorestarting worker after %d requests", self.nr)
+                self.alive = False
 
     def handle_error(self, req, client, addr, exc):
         kind = classify(exc)

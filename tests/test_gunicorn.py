@@ -310,6 +310,39 @@ def test_slow_clients_do_not_starve_normal_requests(tmp_path):
         stop(proc)
 
 
+def test_workers_restart_after_max_requests_one_at_a_time_under_slow_uploads(tmp_path):
+    """Both workers reach max_requests while slow uploads hold connections on each: a restarting worker stops
+    accepting and waits for its uploads, so two at once left nobody accepting (every new connection stalled for
+    seconds). One at a time, normal requests keep being answered; the restarts still happen."""
+    import threading
+
+    proc, base, log = start(tmp_path, GRADIENT_WORKERS="2", GRADIENT_MAX_REQUESTS="40",
+                            GRADIENT_MAX_REQUESTS_JITTER="0", GRADIENT_LOG_LEVEL="info")
+    try:
+        wait_ready(proc, base, log)
+        stop_at = time.monotonic() + 8
+        body_head = (b"POST /v1/gradients HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100000\r\n\r\n" + b" " * 10)
+        results: list = []
+        threads = [threading.Thread(target=dribble, args=(base, body_head, stop_at, results)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        latencies = []
+        while time.monotonic() < stop_at - 0.5:
+            t0 = time.monotonic()
+            status, _, _ = request(base + "/healthz")
+            latencies.append(time.monotonic() - t0)
+            assert status == 200
+        for t in threads:
+            t.join(timeout=15)
+        restarts = log.read_text().count("Autorestarting worker")
+        assert restarts >= 1, log.read_text()[-2000:]
+        assert len(latencies) >= 80 and max(latencies) < 1.0, (len(latencies), max(latencies), restarts)
+    finally:
+        stop(proc)
+
+
 def test_sigterm_turns_readiness_503_while_in_flight_requests_finish(tmp_path):
     """GRADIENT_DRAIN_SECONDS after SIGTERM: /readyz is 503, /healthz and new requests still served, a request in
     flight (its body still arriving) finishes with 200; then gunicorn stops with exit code 0."""
