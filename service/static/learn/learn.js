@@ -276,7 +276,7 @@ function shapesBox(h) {
   const M = S.model;
   const W = `W${h + 1}`, dZ = `dZ${h + 1}`, dA = `dA${h}`;
   const sW = M.shape(W), sdZ = M.shape(dZ), sdA = M.shape(dA);
-  if (!sW.length || !sdZ.length) return null;
+  if (sW.length !== 2 || sdZ.length !== 2) return null;  // a dense W^T dZ only (a conv's kernel has no such box)
   // W as sent: (units, inputs), or (inputs, units) with weight_layout in_out; transposed where the product needs it.
   const transposed = M.examplesFirst === M.weightsInOut;
   const w = transposed ? `${W}^T (${shapeText([...sW].reverse())})` : `${W} (${shapeText(sW)})`;
