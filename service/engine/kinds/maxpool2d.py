@@ -21,9 +21,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from service.engine.kinds.base import Checked, Formulas, Hyper, InputStory, Kind, Mistake, register
-from service.engine.kinds.windows import (POOL_HYPERS_DOC, at_offset, check_pool, image_text, pool_price,
-                                          pool_window)
+from service.engine.kinds.base import Formulas, Hyper, InputStory, Kind, Mistake, register
+from service.engine.kinds.windows import (POOL_HYPERS_DOC, at_offset, check_pool, pool_check, pool_price,
+                                          pool_source_text, pool_window)
 
 Array = np.ndarray
 TIES = ("first", "all")
@@ -105,15 +105,6 @@ def _ties_first_backward(dout, cache: Cache):
     return _route(dout, cache, "first"), {}
 
 
-def check(in_shape, params, hyper, layouts, where: str, source: str) -> Checked:
-    out_shape, error = check_pool(in_shape, hyper, source)
-    return Checked(out_shape, (error,) if error else ())
-
-
-def source_text(where: str, params, out_shape, layouts) -> str:
-    return f"{where} outputs {image_text(out_shape, layouts)}"
-
-
 def price(in_shape, out_shape, params, hyper, m: int):
     return pool_price(in_shape, out_shape, hyper, m, per_entry=2)
 
@@ -146,8 +137,8 @@ MAXPOOL2D = register(Kind(
     states=(),
     forward=forward,
     backward=backward,
-    check=check,
-    source_text=source_text,
+    check=pool_check,
+    source_text=pool_source_text,
     price=price,
     formulas=Formulas(
         forward="Z[i, c, r, s] = max over u < ph, v < pw of A_prev[i, c, sh r + u, sw s + v]",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from service.engine.kinds.base import Layouts, Param, Price, ShapeError, shape_text
+from service.engine.kinds.base import Checked, Layouts, Param, Price, ShapeError, shape_text
 
 Array = np.ndarray
 
@@ -115,6 +115,17 @@ def check_pool(in_shape, hyper, source: str):
                                         f"(pooling does not pad): use a window of at most {H} x {W}",
                                 "kernel_too_large")
     return (C, out_size(H, ph, sh), out_size(W, pw, sw)), None
+
+
+def pool_check(in_shape, params, hyper, layouts, where: str, source: str) -> Checked:
+    """The pooling kinds' shape rule (Kind.check): the window must fit the input."""
+    out_shape, error = check_pool(in_shape, hyper, source)
+    return Checked(out_shape, (error,) if error else ())
+
+
+def pool_source_text(where: str, params, out_shape, layouts) -> str:
+    """What fixes a pooling layer's output size, for the next layer's errors (Kind.source_text)."""
+    return f"{where} outputs {image_text(out_shape, layouts)}"
 
 
 def pool_price(in_shape, out_shape, hyper, m: int, per_entry: int) -> Price:
